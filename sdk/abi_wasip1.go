@@ -1,0 +1,123 @@
+//go:build wasip1
+
+package sdk
+
+import (
+	"unsafe"
+
+	"github.com/plinth-dev/plinth/abi"
+)
+
+// This file is the guest side of the ABI: the exports the host calls and the raw host imports. Every
+// other file of the package calls the host through the host* functions, whose native twins are in
+// abi_native.go.
+
+//go:wasmexport plinth_abi_version
+func exportABIVersion() int32 { return abi.Version }
+
+//go:wasmexport plinth_hooks
+func exportHooks() int64 { return int64(registered()) }
+
+//go:wasmexport plinth_on_route
+func exportRoute(inputLen int32) int64 { return dispatch(abi.HookRoute, inputLen) }
+
+//go:wasmexport plinth_on_ratelimit
+func exportRateLimit(inputLen int32) int64 { return dispatch(abi.HookRateLimit, inputLen) }
+
+//go:wasmexport plinth_on_handle
+func exportHandle(inputLen int32) int64 { return dispatch(abi.HookHandle, inputLen) }
+
+//go:wasmexport plinth_on_prompt
+func exportPrompt(inputLen int32) int64 { return dispatch(abi.HookPrompt, inputLen) }
+
+// inBuf and outBuf are reused across calls. outBuf also keeps the last result reachable until the host
+// has copied it out (the host copies before it calls into the instance again).
+var inBuf, outBuf []byte
+
+func dispatch(hook abi.Hook, inputLen int32) int64 {
+	// The host copied the previous result out before this call: a buffer grown for one huge result
+	// need not stay pinned for the instance's lifetime.
+	if cap(outBuf) > 1<<20 {
+		outBuf = nil
+	}
+	if int(inputLen) > cap(inBuf) {
+		inBuf = make([]byte, inputLen)
+	}
+	in := inBuf[:inputLen]
+	if n := _input(ptr(in), uint32(len(in))); n != inputLen {
+		outBuf = encodeError(hook, outBuf[:0], abi.StatusInvalidArgument)
+	} else {
+		outBuf = callHook(hook, in, outBuf[:0])
+	}
+	return abi.PackResult(uint32(uintptr(ptr(outBuf))), uint32(len(outBuf)))
+}
+
+func ptr(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }
+
+//go:wasmimport plinth input
+func _input(buf unsafe.Pointer, limit uint32) int32
+
+//go:wasmimport plinth log
+func _log(level int32, msg unsafe.Pointer, msgLen uint32)
+
+//go:wasmimport plinth config
+func _config(buf unsafe.Pointer, limit uint32) int32
+
+//go:wasmimport plinth rl_take
+func _rlTake(key unsafe.Pointer, keyLen uint32, limit, periodMs, burst, cost int64, out unsafe.Pointer) int32
+
+func hostLog(level int32, msg []byte) { _log(level, ptr(msg), uint32(len(msg))) }
+
+func hostConfig(buf []byte) int32 { return _config(ptr(buf), uint32(len(buf))) }
+
+func hostRLTake(key []byte, limit, periodMs, burst, cost int64, out []byte) int32 {
+	return _rlTake(ptr(key), uint32(len(key)), limit, periodMs, burst, cost, ptr(out))
+}
+
+//go:wasmimport plinth kv_get
+func _kvGet(key unsafe.Pointer, keyLen uint32, buf unsafe.Pointer, limit uint32) int32
+
+//go:wasmimport plinth kv_put
+func _kvPut(key unsafe.Pointer, keyLen uint32, val unsafe.Pointer, valLen uint32, ttlMs int64) int32
+
+//go:wasmimport plinth kv_delete
+func _kvDelete(key unsafe.Pointer, keyLen uint32) int32
+
+//go:wasmimport plinth kv_incr
+func _kvIncr(key unsafe.Pointer, keyLen uint32, delta, ttlMs int64, out unsafe.Pointer) int32
+
+//go:wasmimport plinth kv_cas
+func _kvCAS(key unsafe.Pointer, keyLen uint32, old unsafe.Pointer, oldLen int32, new unsafe.Pointer, newLen int32, ttlMs int64) int32
+
+//go:wasmimport plinth kv_scan
+func _kvScan(req unsafe.Pointer, reqLen uint32, buf unsafe.Pointer, limit uint32) int32
+
+func hostKVGet(key, buf []byte) int32 {
+	return _kvGet(ptr(key), uint32(len(key)), ptr(buf), uint32(len(buf)))
+}
+
+func hostKVPut(key, val []byte, ttlMs int64) int32 {
+	return _kvPut(ptr(key), uint32(len(key)), ptr(val), uint32(len(val)), ttlMs)
+}
+
+func hostKVDelete(key []byte) int32 { return _kvDelete(ptr(key), uint32(len(key))) }
+
+func hostKVIncr(key []byte, delta, ttlMs int64, out []byte) int32 {
+	return _kvIncr(ptr(key), uint32(len(key)), delta, ttlMs, ptr(out))
+}
+
+// hostKVCAS encodes nil (absent) as length -1.
+func hostKVCAS(key, old, new []byte, ttlMs int64) int32 {
+	return _kvCAS(ptr(key), uint32(len(key)), ptr(old), optLen(old), ptr(new), optLen(new), ttlMs)
+}
+
+func optLen(b []byte) int32 {
+	if b == nil {
+		return -1
+	}
+	return int32(len(b))
+}
+
+func hostKVScan(req, buf []byte) int32 {
+	return _kvScan(ptr(req), uint32(len(req)), ptr(buf), uint32(len(buf)))
+}
