@@ -25,6 +25,12 @@ type Host interface {
 	// value is a non-nil empty slice.)
 	KVCAS(key, old, new []byte, ttlMs int64) int32
 	KVScan(req, buf []byte) int32
+	Search(req, buf []byte) int32
+	LLMOpen(req []byte) int32
+	LLMRead(handle int32, buf []byte) int32
+	LLMClose(handle int32) int32
+	RespStart(resp []byte) int32
+	RespWrite(data []byte) int32
 }
 
 // Fit implements the buffer model for a host: it copies data into buf when it fits and returns data's

@@ -57,9 +57,13 @@ func (e *Encoder) Bool(field int, v bool) {
 
 // Float writes a float64 field (fixed64, protobuf double); zero is omitted.
 func (e *Encoder) Float(field int, v float64) {
-	if v == 0 {
-		return
+	if v != 0 {
+		e.FloatAlways(field, v)
 	}
+}
+
+// FloatAlways writes a float64 field even when it is zero, for optional fields where zero is a value.
+func (e *Encoder) FloatAlways(field int, v float64) {
 	e.tag(field, wireFixed64)
 	e.B = binary.LittleEndian.AppendUint64(e.B, math.Float64bits(v))
 }

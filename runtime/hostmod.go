@@ -40,6 +40,12 @@ func instantiateHostModule(ctx context.Context, r wazero.Runtime, e *Engine) err
 	def(abi.FuncKVIncr, hostKVIncr)
 	def(abi.FuncKVCAS, hostKVCAS)
 	def(abi.FuncKVScan, hostKVScan)
+	def(abi.FuncSearch, hostSearch)
+	def(abi.FuncLLMOpen, hostLLMOpen)
+	def(abi.FuncLLMRead, hostLLMRead)
+	def(abi.FuncLLMClose, hostLLMClose)
+	def(abi.FuncRespStart, hostRespStart)
+	def(abi.FuncRespWrite, hostRespWrite)
 	b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(e.tick), nil, nil).WithName(funcTick).Export(funcTick)
 	_, err := b.Instantiate(ctx)
 	return err
@@ -165,6 +171,66 @@ func hostKVScan(ctx context.Context, mod api.Module, stack []uint64) {
 	stack[0] = api.EncodeI32(c.host.KVScan(req, buf))
 }
 
+func hostSearch(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callFrom(ctx)
+	req, ok1 := view(mod, stack[0], stack[1])
+	buf, ok2 := view(mod, stack[2], stack[3])
+	if !ok1 || !ok2 || c == nil {
+		stack[0] = status(abi.StatusInvalidArgument)
+		return
+	}
+	stack[0] = api.EncodeI32(c.host.Search(req, buf))
+}
+
+func hostLLMOpen(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callFrom(ctx)
+	req, ok := view(mod, stack[0], stack[1])
+	if !ok || c == nil {
+		stack[0] = status(abi.StatusInvalidArgument)
+		return
+	}
+	stack[0] = api.EncodeI32(c.host.LLMOpen(req))
+}
+
+func hostLLMRead(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callFrom(ctx)
+	buf, ok := view(mod, stack[1], stack[2])
+	if !ok || c == nil {
+		stack[0] = status(abi.StatusInvalidArgument)
+		return
+	}
+	stack[0] = api.EncodeI32(c.host.LLMRead(int32(uint32(stack[0])), buf))
+}
+
+func hostLLMClose(ctx context.Context, _ api.Module, stack []uint64) {
+	c := callFrom(ctx)
+	if c == nil {
+		stack[0] = status(abi.StatusInvalidArgument)
+		return
+	}
+	stack[0] = api.EncodeI32(c.host.LLMClose(int32(uint32(stack[0]))))
+}
+
+func hostRespStart(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callFrom(ctx)
+	resp, ok := view(mod, stack[0], stack[1])
+	if !ok || c == nil {
+		stack[0] = status(abi.StatusInvalidArgument)
+		return
+	}
+	stack[0] = api.EncodeI32(c.host.RespStart(resp))
+}
+
+func hostRespWrite(ctx context.Context, mod api.Module, stack []uint64) {
+	c := callFrom(ctx)
+	data, ok := view(mod, stack[0], stack[1])
+	if !ok || c == nil {
+		stack[0] = status(abi.StatusInvalidArgument)
+		return
+	}
+	stack[0] = api.EncodeI32(c.host.RespWrite(data))
+}
+
 // errBudget marks a call stopped by its CPU budget.
 var errBudget = errors.New("CPU budget exceeded")
 
@@ -216,5 +282,11 @@ func (unavailableHost) KVCAS([]byte, []byte, []byte, int64) int32 {
 	return int32(abi.StatusUnavailable)
 }
 func (unavailableHost) KVScan([]byte, []byte) int32 { return int32(abi.StatusUnavailable) }
+func (unavailableHost) Search([]byte, []byte) int32 { return int32(abi.StatusUnavailable) }
+func (unavailableHost) LLMOpen([]byte) int32        { return int32(abi.StatusUnavailable) }
+func (unavailableHost) LLMRead(int32, []byte) int32 { return int32(abi.StatusUnavailable) }
+func (unavailableHost) LLMClose(int32) int32        { return int32(abi.StatusUnavailable) }
+func (unavailableHost) RespStart([]byte) int32      { return int32(abi.StatusUnavailable) }
+func (unavailableHost) RespWrite([]byte) int32      { return int32(abi.StatusUnavailable) }
 
 var _ abi.Host = unavailableHost{}

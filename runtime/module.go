@@ -55,16 +55,22 @@ func invalid(format string, args ...any) error {
 
 // hostSignatures are the plinth functions a module may import, with their exact signatures.
 var hostSignatures = map[string][2][]api.ValueType{
-	abi.FuncInput:    {{i32, i32}, {i32}},
-	abi.FuncLog:      {{i32, i32, i32}, nil},
-	abi.FuncConfig:   {{i32, i32}, {i32}},
-	abi.FuncRLTake:   {{i32, i32, i64, i64, i64, i64, i32}, {i32}},
-	abi.FuncKVGet:    {{i32, i32, i32, i32}, {i32}},
-	abi.FuncKVPut:    {{i32, i32, i32, i32, i64}, {i32}},
-	abi.FuncKVDelete: {{i32, i32}, {i32}},
-	abi.FuncKVIncr:   {{i32, i32, i64, i64, i32}, {i32}},
-	abi.FuncKVCAS:    {{i32, i32, i32, i32, i32, i32, i64}, {i32}},
-	abi.FuncKVScan:   {{i32, i32, i32, i32}, {i32}},
+	abi.FuncInput:     {{i32, i32}, {i32}},
+	abi.FuncLog:       {{i32, i32, i32}, nil},
+	abi.FuncConfig:    {{i32, i32}, {i32}},
+	abi.FuncRLTake:    {{i32, i32, i64, i64, i64, i64, i32}, {i32}},
+	abi.FuncKVGet:     {{i32, i32, i32, i32}, {i32}},
+	abi.FuncKVPut:     {{i32, i32, i32, i32, i64}, {i32}},
+	abi.FuncKVDelete:  {{i32, i32}, {i32}},
+	abi.FuncKVIncr:    {{i32, i32, i64, i64, i32}, {i32}},
+	abi.FuncKVCAS:     {{i32, i32, i32, i32, i32, i32, i64}, {i32}},
+	abi.FuncKVScan:    {{i32, i32, i32, i32}, {i32}},
+	abi.FuncSearch:    {{i32, i32, i32, i32}, {i32}},
+	abi.FuncLLMOpen:   {{i32, i32}, {i32}},
+	abi.FuncLLMRead:   {{i32, i32, i32}, {i32}},
+	abi.FuncLLMClose:  {{i32}, {i32}},
+	abi.FuncRespStart: {{i32, i32}, {i32}},
+	abi.FuncRespWrite: {{i32, i32}, {i32}},
 }
 
 const (

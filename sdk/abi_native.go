@@ -69,3 +69,15 @@ func hostKVIncr(key []byte, delta, ttlMs int64, out []byte) int32 {
 func hostKVCAS(key, old, new []byte, ttlMs int64) int32 { return host().KVCAS(key, old, new, ttlMs) }
 
 func hostKVScan(req, buf []byte) int32 { return host().KVScan(req, buf) }
+
+func hostSearch(req, buf []byte) int32 { return host().Search(req, buf) }
+
+func hostLLMOpen(req []byte) int32 { return host().LLMOpen(req) }
+
+func hostLLMRead(h int32, buf []byte) int32 { return host().LLMRead(h, buf) }
+
+func hostLLMClose(h int32) int32 { return host().LLMClose(h) }
+
+func hostRespStart(resp []byte) int32 { return host().RespStart(resp) }
+
+func hostRespWrite(data []byte) int32 { return host().RespWrite(data) }

@@ -121,3 +121,35 @@ func optLen(b []byte) int32 {
 func hostKVScan(req, buf []byte) int32 {
 	return _kvScan(ptr(req), uint32(len(req)), ptr(buf), uint32(len(buf)))
 }
+
+//go:wasmimport plinth search
+func _search(req unsafe.Pointer, reqLen uint32, buf unsafe.Pointer, limit uint32) int32
+
+//go:wasmimport plinth llm_open
+func _llmOpen(req unsafe.Pointer, reqLen uint32) int32
+
+//go:wasmimport plinth llm_read
+func _llmRead(handle int32, buf unsafe.Pointer, limit uint32) int32
+
+//go:wasmimport plinth llm_close
+func _llmClose(handle int32) int32
+
+//go:wasmimport plinth resp_start
+func _respStart(resp unsafe.Pointer, respLen uint32) int32
+
+//go:wasmimport plinth resp_write
+func _respWrite(data unsafe.Pointer, dataLen uint32) int32
+
+func hostSearch(req, buf []byte) int32 {
+	return _search(ptr(req), uint32(len(req)), ptr(buf), uint32(len(buf)))
+}
+
+func hostLLMOpen(req []byte) int32 { return _llmOpen(ptr(req), uint32(len(req))) }
+
+func hostLLMRead(h int32, buf []byte) int32 { return _llmRead(h, ptr(buf), uint32(len(buf))) }
+
+func hostLLMClose(h int32) int32 { return _llmClose(h) }
+
+func hostRespStart(resp []byte) int32 { return _respStart(ptr(resp), uint32(len(resp))) }
+
+func hostRespWrite(data []byte) int32 { return _respWrite(ptr(data), uint32(len(data))) }

@@ -77,6 +77,7 @@ var handlers struct {
 	route     RouteHandler
 	ratelimit RateLimitHandler
 	handle    HandleHandler
+	prompt    PromptHandler
 }
 
 // OnConfigure registers a function that receives the plugin's configuration (as the tenant set it;
@@ -127,6 +128,9 @@ func registered() abi.HookSet {
 	if handlers.handle != nil {
 		s = s.With(abi.HookHandle)
 	}
+	if handlers.prompt != nil {
+		s = s.With(abi.HookPrompt)
+	}
 	return s
 }
 
@@ -168,6 +172,8 @@ func callHook(hook abi.Hook, input []byte, out []byte) []byte {
 			return encodeError(hook, out, err)
 		}
 		return runRequestHook(hook, &req, out)
+	case abi.HookPrompt:
+		return runPromptHook(input, out)
 	}
 	return encodeError(hook, out, fmt.Errorf("unknown hook %d", hook))
 }

@@ -17,16 +17,22 @@ type endpoint struct {
 	method string
 	segs   []string // pattern segments; "{name}" captures one segment
 	serve  func(rc *reqCtx)
+	// prepare, when set, runs after routing and before the ratelimit hook: it parses and validates the
+	// request (a malformed request then costs no quota) and may set rc.tokens for token budgets and
+	// rc.data for serve.
+	prepare func(rc *reqCtx) *APIError
 }
 
-// route registers a built-in endpoint. Patterns are matched in registration order.
-func (s *Server) route(method, pattern, name string, serve func(rc *reqCtx)) {
+// route registers a built-in endpoint and returns it (to set prepare). Patterns are matched in
+// registration order.
+func (s *Server) route(method, pattern, name string, serve func(rc *reqCtx)) *endpoint {
 	ep := &endpoint{name: name, method: method, segs: strings.Split(strings.Trim(pattern, "/"), "/"), serve: serve}
 	if _, dup := s.byName[name]; dup {
 		panic("server: duplicate endpoint " + name)
 	}
 	s.endpoints = append(s.endpoints, ep)
 	s.byName[name] = ep
+	return ep
 }
 
 // registerEndpoints lists every built-in endpoint. Each feature's handlers live in their own file.

@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/plinth-dev/plinth/abi"
+	"github.com/plinth-dev/plinth/abi/gcra"
 	"github.com/plinth-dev/plinth/host/tenant"
 )
 
@@ -27,6 +28,10 @@ type reqCtx struct {
 	// tokens is the estimated LLM tokens of the request, for the ratelimit hook (chat only).
 	tokens       int64
 	reservations []abi.TokenReservation
+	// ratelimit is the plugin that made the reservations (their keys are in its key space).
+	ratelimit *pluginRT
+	// data is what the endpoint's prepare step parsed, for its serve step.
+	data any
 
 	in       []byte // encoded hook input
 	routeOut []byte // route hook result; route.Response.Body aliases it
@@ -163,6 +168,13 @@ func (s *Server) pipeline(rc *reqCtx) {
 		}
 	}
 
+	if rc.ep != nil && rc.ep.prepare != nil && rc.route.Action == abi.RouteBuiltin {
+		if err := rc.ep.prepare(rc); err != nil {
+			writeError(ctx, err)
+			return
+		}
+	}
+
 	// 2. Rate limit.
 	if p := trt.hooks[abi.HookRateLimit]; p != nil {
 		out, err := s.call(ctx, p, abi.HookRateLimit, string(rc.rid), rc.encodeRequest(true, false), rc.out)
@@ -186,7 +198,7 @@ func (s *Server) pipeline(rc *reqCtx) {
 			writeError(ctx, rateLimitError(&d))
 			return
 		}
-		rc.reservations = d.Reservations
+		rc.reservations, rc.ratelimit = d.Reservations, p
 	}
 
 	// 3. Target.
@@ -397,4 +409,22 @@ func lowerASCII(b []byte) {
 			b[i] = c + 'a' - 'A'
 		}
 	}
+}
+
+// settleTokens reconciles the token reservations of the ratelimit hook with the tokens the request
+// really used: the difference is taken from (or returned to) each reserved budget. Tokens streamed before
+// a client disconnected count as used. It is safe to call once per request; later calls do nothing.
+func (s *Server) settleTokens(rc *reqCtx, used int64) {
+	if rc.ratelimit == nil {
+		return
+	}
+	hc := hostCall{s: s, plugin: rc.ratelimit}
+	for _, r := range rc.reservations {
+		p := gcra.Params{Limit: r.Limit, Period: time.Duration(r.PeriodMs) * time.Millisecond, Burst: r.Burst}
+		if !p.Valid() {
+			continue
+		}
+		s.limiter.Adjust(hc.scopedKey([]byte(r.Key)), p, used-r.Reserved)
+	}
+	rc.reservations = nil
 }

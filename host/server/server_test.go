@@ -372,7 +372,7 @@ func TestMatch(t *testing.T) {
 	s.route("GET", "/v1/things", "things.list", nil)
 	cases := []struct {
 		method, path, name, id string
-		allowed               int
+		allowed                int
 	}{
 		{"GET", "/v1/things/42", "things.get", "42", 0},
 		{"GET", "/v1/things/42/", "things.get", "42", 0},

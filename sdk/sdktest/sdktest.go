@@ -60,6 +60,12 @@ type Host struct {
 	logs   []LogLine         // guarded by mu
 	tats   map[string]int64  // rate-limit key → GCRA theoretical arrival time (Unix ns); guarded by mu
 	kv     map[string]kvItem // guarded by mu
+
+	search     SearchFunc               // guarded by mu
+	llm        LLMFunc                  // guarded by mu
+	streams    map[int32][]abi.LLMEvent // open LLM streams: events left; guarded by mu
+	nextStream int32                    // guarded by mu
+	streamed   *abi.Response            // the handle hook's streamed response; guarded by mu
 }
 
 // New returns a Host that runs hooks natively.
@@ -106,7 +112,7 @@ func (h *Host) SetConfigJSON(t testing.TB, v any) {
 	h.SetConfig(b)
 }
 
-// Config returns the configuration set by SetConfig; it is also the plugin's view of it.
+// ConfigBytes returns the configuration set by SetConfig.
 func (h *Host) ConfigBytes() []byte {
 	h.mu.Lock()
 	defer h.mu.Unlock()
