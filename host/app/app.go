@@ -21,6 +21,7 @@ import (
 	"github.com/plinth-dev/plinth/host/config"
 	"github.com/plinth-dev/plinth/host/defaults"
 	"github.com/plinth-dev/plinth/host/server"
+	"github.com/plinth-dev/plinth/host/store"
 	"github.com/plinth-dev/plinth/host/tenant"
 	"github.com/plinth-dev/plinth/runtime"
 )
@@ -30,6 +31,7 @@ type App struct {
 	Config config.Config
 	Log    *slog.Logger
 	Engine *runtime.Engine
+	Store  *store.Store
 	Server *server.Server
 	// DemoKey is the demo tenant's API key when the setup has a demo tenant (printed at start).
 	DemoKey string
@@ -59,11 +61,16 @@ func New(ctx context.Context, cfg config.Config, logOut io.Writer) (*App, error)
 	if err != nil {
 		return nil, err
 	}
-	a := &App{Config: cfg, Log: log, Engine: engine}
+	st, err := store.OpenDir(filepath.Join(cfg.DataDir, "store"))
+	if err != nil {
+		engine.Close(ctx)
+		return nil, err
+	}
+	a := &App{Config: cfg, Log: log, Engine: engine, Store: st}
 	modules := &memModules{m: map[string][]byte{}}
 	snap, demoKey, err := fromConfig(cfg, modules)
 	if err != nil {
-		engine.Close(ctx)
+		a.close()
 		return nil, err
 	}
 	a.DemoKey = demoKey
@@ -75,14 +82,15 @@ func New(ctx context.Context, cfg config.Config, logOut io.Writer) (*App, error)
 		ReadTimeout:  cfg.ReadTimeout.D(),
 		WriteTimeout: cfg.WriteTimeout.D(),
 		IdleTimeout:  cfg.IdleTimeout.D(),
+		Store:        st,
 	})
 	if err != nil {
-		engine.Close(ctx)
+		a.close()
 		return nil, err
 	}
 	a.Server = srv
 	if err := srv.Apply(ctx, snap); err != nil {
-		engine.Close(ctx)
+		a.close()
 		return nil, err
 	}
 	return a, nil
@@ -130,6 +138,9 @@ func (a *App) Serve(ctx context.Context) error {
 
 func (a *App) close() {
 	a.Engine.Close(context.Background())
+	if err := a.Store.Close(); err != nil {
+		a.Log.Error("closing the store", "err", err)
+	}
 }
 
 func parsePreemption(s string) (runtime.Preemption, error) {
@@ -250,6 +261,8 @@ func limitsFromConfig(l config.Limits) tenant.Limits {
 		RequestBytes:      l.RequestBytes,
 		CPUPerCall:        l.CPUPerCall,
 		CPUPerMinute:      l.CPUPerMinute,
+
+		ConversationRetention: l.ConversationRetention.D(),
 	}
 }
 

@@ -105,6 +105,8 @@ type Limits struct {
 	RequestBytes      int64    `json:"request_bytes"`
 	CPUPerCall        int64    `json:"cpu_per_call"`
 	CPUPerMinute      int64    `json:"cpu_per_minute"`
+	// ConversationRetention deletes conversations this long after their last update; default 720h.
+	ConversationRetention Duration `json:"conversation_retention"`
 }
 
 // Duration is a time.Duration that reads "1.5s"-style strings from JSON.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/plinth-dev/plinth/abi"
 	"github.com/plinth-dev/plinth/host/ratelimit"
 	"github.com/plinth-dev/plinth/host/store"
 	"github.com/plinth-dev/plinth/runtime"
@@ -44,19 +45,27 @@ type Options struct {
 	// Store holds tenant data (plugin KV, conversations, documents). Nil disables the endpoints and host
 	// calls that need it (they answer "unavailable").
 	Store *store.Store
+	// Retriever runs searches for the search host call and for chat retrieval. Nil disables them.
+	Retriever Retriever
+}
+
+// Retriever runs one search over a tenant's vector stores (host/search implements it).
+type Retriever interface {
+	Search(ctx context.Context, tenant string, req *abi.SearchRequest) (*abi.SearchResult, error)
 }
 
 // Server serves the Plinth API. Create it with New, load tenants with Apply, then Serve.
 type Server struct {
-	opts    Options
-	log     *slog.Logger
-	engine  *runtime.Engine
-	modules ModuleSource
-	limiter *ratelimit.Limiter
-	store   *store.Store
-	metrics *metrics
-	now     func() time.Time
-	http    *fasthttp.Server
+	opts      Options
+	log       *slog.Logger
+	engine    *runtime.Engine
+	modules   ModuleSource
+	limiter   *ratelimit.Limiter
+	store     *store.Store
+	retriever Retriever
+	metrics   *metrics
+	now       func() time.Time
+	http      *fasthttp.Server
 
 	endpoints []*endpoint          // built-in endpoints in match order
 	byName    map[string]*endpoint // by endpoint name
@@ -104,17 +113,18 @@ func New(opts Options) (*Server, error) {
 		opts.Limiter = ratelimit.New(opts.Now)
 	}
 	s := &Server{
-		opts:    opts,
-		log:     opts.Logger,
-		engine:  opts.Engine,
-		modules: opts.Modules,
-		limiter: opts.Limiter,
-		store:   opts.Store,
-		metrics: newMetrics(),
-		now:     opts.Now,
-		byName:  map[string]*endpoint{},
-		live:    map[pluginKey]*pluginRT{},
-		stop:    make(chan struct{}),
+		opts:      opts,
+		log:       opts.Logger,
+		engine:    opts.Engine,
+		modules:   opts.Modules,
+		limiter:   opts.Limiter,
+		store:     opts.Store,
+		retriever: opts.Retriever,
+		metrics:   newMetrics(),
+		now:       opts.Now,
+		byName:    map[string]*endpoint{},
+		live:      map[pluginKey]*pluginRT{},
+		stop:      make(chan struct{}),
 	}
 	rand.Read(s.ridPrefix[:])
 	s.cur.Store(&state{tenants: map[string]*tenantRT{}})
@@ -135,6 +145,9 @@ func New(opts Options) (*Server, error) {
 		SleepWhenConcurrencyLimitsExceeded: time.Millisecond,
 	}
 	go s.sweepLimiter()
+	if s.store != nil {
+		go s.maintainStore(time.Minute)
+	}
 	return s, nil
 }
 

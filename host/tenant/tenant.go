@@ -49,15 +49,18 @@ type Limits struct {
 	RequestBytes      int64         `json:"request_bytes,omitempty"`
 	CPUPerCall        int64         `json:"cpu_per_call,omitempty"`
 	CPUPerMinute      int64         `json:"cpu_per_minute,omitempty"`
+	// ConversationRetention deletes conversations this long after their last update.
+	ConversationRetention time.Duration `json:"conversation_retention_ns,omitempty"`
 }
 
 // Defaults are the limits of a tenant that sets none.
 var Defaults = Limits{
-	PluginMemoryBytes: 64 << 20,
-	PluginDeadline:    time.Second,
-	PluginInstances:   4,
-	StorageBytes:      1 << 30,
-	StorageKeys:       1_000_000,
+	PluginMemoryBytes:     64 << 20,
+	PluginDeadline:        time.Second,
+	PluginInstances:       4,
+	StorageBytes:          1 << 30,
+	StorageKeys:           1_000_000,
+	ConversationRetention: 30 * 24 * time.Hour,
 }
 
 // WithDefaults returns l with zero fields replaced by Defaults.
@@ -74,6 +77,7 @@ func (l Limits) WithDefaults() Limits {
 	l.PluginInstances = int(pick(int64(l.PluginInstances), int64(d.PluginInstances)))
 	l.StorageBytes = pick(l.StorageBytes, d.StorageBytes)
 	l.StorageKeys = pick(l.StorageKeys, d.StorageKeys)
+	l.ConversationRetention = time.Duration(pick(int64(l.ConversationRetention), int64(d.ConversationRetention)))
 	return l
 }
 
