@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	"github.com/plinth-dev/plinth/abi"
 	"github.com/plinth-dev/plinth/host/config"
@@ -67,16 +67,26 @@ func New(ctx context.Context, cfg config.Config, logOut io.Writer) (*App, error)
 		return nil, err
 	}
 	a := &App{Config: cfg, Log: log, Engine: engine, Store: st}
-	modules := &memModules{m: map[string][]byte{}}
-	snap, demoKey, err := fromConfig(cfg, modules)
-	if err != nil {
+	if err := seed(ctx, cfg, st, engine); err != nil {
+		a.close()
+		return nil, fmt.Errorf("seeding the data directory: %w", err)
+	}
+	if err := refreshEmbedded(ctx, st, engine, log); err != nil {
 		a.close()
 		return nil, err
 	}
-	a.DemoKey = demoKey
+	if a.DemoKey, err = demoKey(cfg, st); err != nil {
+		a.close()
+		return nil, err
+	}
+	snap, err := st.Snapshot()
+	if err != nil {
+		a.close()
+		return nil, fmt.Errorf("loading tenants: %w", err)
+	}
 	srv, err := server.New(server.Options{
 		Engine:       engine,
-		Modules:      modules,
+		Modules:      storeModules{st},
 		Logger:       log,
 		MaxBodyBytes: cfg.MaxBodyBytes,
 		ReadTimeout:  cfg.ReadTimeout.D(),
@@ -167,88 +177,141 @@ func newLogger(cfg config.Config, out io.Writer) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(out, opts)), nil
 }
 
-// memModules is a ModuleSource over modules loaded from the config.
-type memModules struct {
-	mu sync.RWMutex
-	m  map[string][]byte // guarded by mu
+// storeModules serves plugin modules from the store.
+type storeModules struct{ s *store.Store }
+
+func (m storeModules) Module(_ context.Context, tenantID, hash string) ([]byte, error) {
+	return m.s.Module(tenantID, hash)
 }
 
-func (m *memModules) Module(_ context.Context, hash string) ([]byte, error) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	b, ok := m.m[hash]
-	if !ok {
-		return nil, errors.New("module not found")
+// seed writes the configuration's tenants (or the embedded default setup when the config file names
+// none) into a fresh data directory. After that the store is the source of truth and the config file's
+// tenants are ignored.
+func seed(ctx context.Context, cfg config.Config, st *store.Store, engine *runtime.Engine) error {
+	seeded, err := st.Seeded()
+	if err != nil || seeded {
+		return err
 	}
-	return b, nil
-}
-
-func (m *memModules) add(b []byte) string {
-	h := runtime.ModuleHash(b)
-	m.mu.Lock()
-	m.m[h] = b
-	m.mu.Unlock()
-	return h
-}
-
-// fromConfig builds the tenant snapshot of a configuration: the config file's tenants, or the embedded
-// default setup when the file names none. It returns the demo tenant's key (generated when the
-// configuration does not set one).
-func fromConfig(cfg config.Config, modules *memModules) (*tenant.Snapshot, string, error) {
 	tenants := cfg.Tenants
 	if len(tenants) == 0 && cfg.ConfigFile == "" {
 		var def config.Config
 		if err := config.Parse(defaults.Config(), &def); err != nil {
-			return nil, "", fmt.Errorf("embedded default config: %w", err)
+			return fmt.Errorf("embedded default config: %w", err)
 		}
 		tenants = def.Tenants
 	}
-	var ts []*tenant.Tenant
-	var keys []*tenant.Key
-	demoKey := ""
 	for _, tc := range tenants {
-		t := &tenant.Tenant{ID: tc.ID, Name: tc.Name, Demo: tc.Demo, Plugins: map[string]*tenant.Plugin{},
-			Bindings: map[abi.Hook]string{}, Limits: limitsFromConfig(tc.Limits)}
+		rec := &store.TenantRecord{ID: tc.ID, Name: tc.Name, Demo: tc.Demo, Limits: limitsFromConfig(tc.Limits),
+			LLM: tc.LLM, Bindings: map[string]string{}}
 		for _, pc := range tc.Plugins {
-			wasm, err := loadWasm(&cfg, pc.Wasm)
-			if err != nil {
-				return nil, "", fmt.Errorf("tenant %s plugin %s: %w", tc.ID, pc.Name, err)
-			}
-			t.Plugins[pc.Name] = &tenant.Plugin{Name: pc.Name, Version: 1, Hash: modules.add(wasm),
-				Config: []byte(pc.Config)}
 			for _, hn := range pc.Hooks {
 				h, ok := abi.ParseHook(hn)
 				if !ok || h == abi.HookHandle {
-					return nil, "", fmt.Errorf("tenant %s plugin %s: cannot bind hook %q (route, ratelimit or prompt)", tc.ID, pc.Name, hn)
+					return fmt.Errorf("tenant %s plugin %s: cannot bind hook %q (route, ratelimit or prompt)", tc.ID, pc.Name, hn)
 				}
-				if other, dup := t.Bindings[h]; dup {
-					return nil, "", fmt.Errorf("tenant %s: %s hook bound to both %s and %s", tc.ID, h, other, pc.Name)
+				if other, dup := rec.Bindings[hn]; dup {
+					return fmt.Errorf("tenant %s: %s hook bound to both %s and %s", tc.ID, hn, other, pc.Name)
 				}
-				t.Bindings[h] = pc.Name
+				rec.Bindings[hn] = pc.Name
+			}
+		}
+		if err := st.PutTenant(rec, true); err != nil {
+			return fmt.Errorf("tenant %s: %w", tc.ID, err)
+		}
+		for _, pc := range tc.Plugins {
+			wasm, err := loadWasm(&cfg, pc.Wasm)
+			if err != nil {
+				return fmt.Errorf("tenant %s plugin %s: %w", tc.ID, pc.Name, err)
+			}
+			if _, err := addVersion(ctx, st, engine, tc.ID, pc.Name, wasm); err != nil {
+				return fmt.Errorf("tenant %s plugin %s: %w", tc.ID, pc.Name, err)
+			}
+			source := ""
+			if strings.HasPrefix(pc.Wasm, "embedded:") {
+				source = pc.Wasm
+			}
+			config := pc.Config
+			if _, err := st.UpdatePlugin(tc.ID, pc.Name, func(p *store.PluginRecord) error {
+				p.Config, p.Source = config, source
+				return nil
+			}); err != nil {
+				return err
 			}
 		}
 		for _, kc := range tc.Keys {
-			h, err := tenant.ParseHash(kc.SHA256)
-			if err != nil {
-				return nil, "", fmt.Errorf("tenant %s key %s: %w", tc.ID, kc.ID, err)
+			if err := st.PutKey(&store.KeyRecord{ID: kc.ID, Tenant: tc.ID, Label: kc.Label, Hash: kc.SHA256, Admin: kc.Admin}); err != nil {
+				return fmt.Errorf("tenant %s key %s: %w", tc.ID, kc.ID, err)
 			}
-			keys = append(keys, &tenant.Key{ID: kc.ID, Tenant: tc.ID, Label: kc.Label, Hash: h, Admin: kc.Admin})
 		}
-		if tc.Demo {
-			if demoKey != "" {
-				return nil, "", errors.New("more than one demo tenant")
-			}
-			demoKey = cfg.DemoKey
-			if demoKey == "" {
-				demoKey = NewKey()
-			}
-			keys = append(keys, &tenant.Key{ID: "demo-key", Tenant: tc.ID, Label: "default",
-				Hash: tenant.HashKey([]byte(demoKey)), Admin: true})
-		}
-		ts = append(ts, t)
 	}
-	snap, err := tenant.NewSnapshot(ts, keys)
-	return snap, demoKey, err
+	return st.MarkSeeded()
+}
+
+// addVersion validates a module and stores it as the new active version of a plugin.
+func addVersion(ctx context.Context, st *store.Store, engine *runtime.Engine, tenantID, name string, wasm []byte) (*store.VersionRecord, error) {
+	m, err := engine.Compile(ctx, wasm, runtime.CompileOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer m.Release()
+	return st.AddVersion(tenantID, name, wasm, m.Hooks, true, store.Quota{})
+}
+
+// refreshEmbedded keeps first-party plugins that a tenant uses from the binary ("embedded:NAME") in step
+// with the binary: a rebuilt binary with a changed plugin adds and activates a new version.
+func refreshEmbedded(ctx context.Context, st *store.Store, engine *runtime.Engine, log *slog.Logger) error {
+	tenants, err := st.Tenants()
+	if err != nil {
+		return err
+	}
+	for _, t := range tenants {
+		plugins, err := st.Plugins(t.ID)
+		if err != nil {
+			return err
+		}
+		for _, p := range plugins {
+			name, ok := strings.CutPrefix(p.Source, "embedded:")
+			if !ok {
+				continue
+			}
+			wasm, err := defaults.Plugin(name)
+			if err != nil {
+				log.Warn("first-party plugin missing from this binary; keeping the stored version", "tenant", t.ID, "plugin", p.Name, "err", err)
+				continue
+			}
+			if v, err := st.Version(t.ID, p.Name, p.Active); err == nil && v.Hash == runtime.ModuleHash(wasm) {
+				continue
+			}
+			v, err := addVersion(ctx, st, engine, t.ID, p.Name, wasm)
+			if err != nil {
+				return fmt.Errorf("tenant %s plugin %s: %w", t.ID, p.Name, err)
+			}
+			log.Info("first-party plugin updated from the binary", "tenant", t.ID, "plugin", p.Name, "version", v.Version)
+		}
+	}
+	return nil
+}
+
+// demoKey sets the demo tenant's key (PLINTH_DEMO_KEY, or a new random one) and returns it; "" when
+// there is no demo tenant.
+func demoKey(cfg config.Config, st *store.Store) (string, error) {
+	tenants, err := st.Tenants()
+	if err != nil {
+		return "", err
+	}
+	for _, t := range tenants {
+		if !t.Demo {
+			continue
+		}
+		key := cfg.DemoKey
+		if key == "" {
+			key = NewKey()
+		}
+		h := tenant.HashKey([]byte(key))
+		err := st.PutKey(&store.KeyRecord{ID: "demo-key", Tenant: t.ID, Label: "default", Hash: hex.EncodeToString(h[:]), Admin: true})
+		return key, err
+	}
+	return "", nil
 }
 
 func limitsFromConfig(l config.Limits) tenant.Limits {

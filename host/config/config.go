@@ -71,6 +71,8 @@ type Tenant struct {
 	Limits  Limits   `json:"limits"`
 	// Demo marks the tenant whose key is DemoKey (random and printed when unset).
 	Demo bool `json:"demo"`
+	// LLM is the tenant's LLM configuration: providers and models (docs/chat.md).
+	LLM json.RawMessage `json:"llm"`
 }
 
 // Key is an API key in the config file. Only its SHA-256 is ever stored: generate one with
@@ -222,7 +224,7 @@ func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, 
 		path = getenv("PLINTH_CONFIG")
 	}
 	if path != "" {
-		if err := c.readFile(path); err != nil {
+		if err := c.ReadFile(path); err != nil {
 			return Config{}, err
 		}
 	}
@@ -241,7 +243,8 @@ func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, 
 	return c, c.Validate()
 }
 
-func (c *Config) readFile(path string) error {
+// ReadFile reads a JSON config file over c.
+func (c *Config) ReadFile(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)

@@ -14,9 +14,9 @@ import (
 	"github.com/plinth-dev/plinth/runtime"
 )
 
-// ModuleSource returns a plugin module's bytes by the hex SHA-256 of its content.
+// ModuleSource returns a tenant's plugin module by the hex SHA-256 of its content.
 type ModuleSource interface {
-	Module(ctx context.Context, hash string) ([]byte, error)
+	Module(ctx context.Context, tenant, hash string) ([]byte, error)
 }
 
 // pluginRT is a loaded plugin version of one tenant: its pool of instances and its configuration.
@@ -159,7 +159,7 @@ func (s *Server) loadPlugin(ctx context.Context, t *tenant.Tenant, limits tenant
 }
 
 func (s *Server) newPool(ctx context.Context, prt *pluginRT, limits tenant.Limits, hash string, bound abi.HookSet) (*runtime.Pool, error) {
-	wasm, err := s.modules.Module(ctx, hash)
+	wasm, err := s.modules.Module(ctx, prt.tenant, hash)
 	if err != nil {
 		return nil, fmt.Errorf("module %s: %w", hash, err)
 	}

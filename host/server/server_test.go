@@ -24,7 +24,7 @@ import (
 // modules is a ModuleSource for tests.
 type modules map[string][]byte
 
-func (m modules) Module(_ context.Context, hash string) ([]byte, error) {
+func (m modules) Module(_ context.Context, _, hash string) ([]byte, error) {
 	b, ok := m[hash]
 	if !ok {
 		return nil, errors.New("no such module")

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -28,6 +29,8 @@ type Tenant struct {
 	Bindings map[abi.Hook]string
 	// Demo marks the tenant of the embedded default setup.
 	Demo bool
+	// LLM is the tenant's LLM configuration (providers, models), parsed by host/llm.
+	LLM json.RawMessage
 }
 
 // Plugin is one version of a tenant's plugin.
