@@ -240,14 +240,24 @@ func (p *PromptInput) AppendTo(b []byte) []byte {
 
 // Decode replaces p with the decoding of b. Byte slices alias b.
 func (p *PromptInput) Decode(b []byte) error {
-	*p = PromptInput{}
 	d := Decoder{B: b}
+	return p.decode(&d)
+}
+
+// DecodeString is Decode over a string: strings are substrings of s (see Request.DecodeString).
+func (p *PromptInput) DecodeString(s string) error {
+	d := NewStringDecoder(s)
+	return p.decode(&d)
+}
+
+func (p *PromptInput) decode(d *Decoder) error {
+	*p = PromptInput{}
 	for d.Next() {
 		switch d.Field() {
 		case 1:
-			p.Messages = append(p.Messages, decodeMessage(&d))
+			p.Messages = append(p.Messages, decodeMessage(d))
 		case 2:
-			p.History = append(p.History, decodeMessage(&d))
+			p.History = append(p.History, decodeMessage(d))
 		case 3:
 			var h SearchHit
 			s := d.Message()
@@ -260,12 +270,12 @@ func (p *PromptInput) Decode(b []byte) error {
 		case 5:
 			p.Model = d.String()
 		case 6:
-			p.Params = decodeParams(&d)
+			p.Params = decodeParams(d)
 		case 7:
 			p.KeyLabel = d.String()
 		}
 	}
-	return malformed("prompt input", &d)
+	return malformed("prompt input", d)
 }
 
 // AppendTo appends the encoding of p to b.

@@ -185,9 +185,33 @@ func (r *Request) AppendTo(b []byte) []byte {
 
 // Decode replaces r with the decoding of b. Byte slices alias b.
 func (r *Request) Decode(b []byte) error {
-	*r = Request{}
 	d := Decoder{B: b}
-	for d.Next() {
+	return r.decode(&d)
+}
+
+// DecodeString replaces r with the decoding of s. Strings are substrings of s and byte slices views of
+// it (do not modify them), so decoding allocates almost nothing; r's slices keep their capacity.
+func (r *Request) DecodeString(s string) error {
+	d := NewStringDecoder(s)
+	return r.decode(&d)
+}
+
+func (r *Request) decode(d *Decoder) error {
+	headers := r.Headers[:0]
+	*r = Request{}
+	for {
+		// Inline fast path for a length-delimited field with a one-byte tag and a one-byte length,
+		// which is nearly every field of a request. Guest code decodes requests on every hook call, and
+		// in Go on Wasm a function call costs more than the whole fast path.
+		if b := d.B; len(b) >= 2 && b[0] < 0x80 && b[0]&7 == wireBytes && b[0]>>3 != 0 && b[1] < 0x80 && int(b[1])+2 <= len(b) {
+			l := int(b[1]) + 2
+			d.field, d.wire, d.data, d.B = int(b[0]>>3), wireBytes, b[2:l], b[l:]
+			if d.mirror {
+				d.sdata, d.s = d.s[2:l], d.s[l:]
+			}
+		} else if !d.Next() {
+			break
+		}
 		switch d.Field() {
 		case 1:
 			r.ID = d.String()
@@ -199,7 +223,7 @@ func (r *Request) Decode(b []byte) error {
 			r.Query = d.String()
 		case 5:
 			k, v := d.Pair()
-			r.Headers = append(r.Headers, Pair{k, v})
+			headers = append(headers, Pair{k, v})
 		case 6:
 			r.ClientIP = d.String()
 		case 7:
@@ -211,14 +235,18 @@ func (r *Request) Decode(b []byte) error {
 		case 10:
 			r.Body = d.Bytes()
 		case 11:
-			if err := r.Route.Decode(d.Bytes()); err != nil {
+			sub := d.Message()
+			if err := r.Route.decode(&sub); err != nil {
 				return err
 			}
 		case 12:
 			r.Tokens = d.Int()
 		}
 	}
-	return malformed("request", &d)
+	if len(headers) > 0 {
+		r.Headers = headers
+	}
+	return malformed("request", d)
 }
 
 func (r *RouteDecision) isZero() bool {
@@ -248,8 +276,12 @@ func (r *RouteDecision) AppendTo(b []byte) []byte {
 
 // Decode replaces r with the decoding of b. Byte slices alias b.
 func (r *RouteDecision) Decode(b []byte) error {
-	*r = RouteDecision{}
 	d := Decoder{B: b}
+	return r.decode(&d)
+}
+
+func (r *RouteDecision) decode(d *Decoder) error {
+	*r = RouteDecision{}
 	for d.Next() {
 		switch d.Field() {
 		case 1:
@@ -267,14 +299,15 @@ func (r *RouteDecision) Decode(b []byte) error {
 			k, v := d.Pair()
 			r.Tags = append(r.Tags, Pair{k, v})
 		case 5:
-			if err := r.Response.Decode(d.Bytes()); err != nil {
+			sub := d.Message()
+			if err := r.Response.decode(&sub); err != nil {
 				return err
 			}
 		case 15:
 			r.Error = d.String()
 		}
 	}
-	return malformed("route decision", &d)
+	return malformed("route decision", d)
 }
 
 func (r *Response) isZero() bool {
@@ -296,8 +329,12 @@ func (r *Response) AppendTo(b []byte) []byte {
 
 // Decode replaces r with the decoding of b. Byte slices alias b.
 func (r *Response) Decode(b []byte) error {
-	*r = Response{}
 	d := Decoder{B: b}
+	return r.decode(&d)
+}
+
+func (r *Response) decode(d *Decoder) error {
+	*r = Response{}
 	for d.Next() {
 		switch d.Field() {
 		case 1:
@@ -317,7 +354,7 @@ func (r *Response) Decode(b []byte) error {
 			r.Error = d.String()
 		}
 	}
-	return malformed("response", &d)
+	return malformed("response", d)
 }
 
 // AppendTo appends the encoding of r to b.

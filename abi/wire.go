@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"unsafe"
 )
 
 // Messages are encoded in the Protocol Buffers wire format, restricted to three wire types: varint (0),
@@ -167,39 +168,79 @@ type Decoder struct {
 	val   uint64 // varint value of the current field
 	data  []byte // payload of the current length-delimited field
 	err   error
+
+	// With a string decoder (NewStringDecoder), s mirrors B and sdata mirrors data, so String returns
+	// substrings of the input instead of copies: decoding a message costs one allocation, the string.
+	mirror bool
+	s      string
+	sdata  string
+}
+
+// NewStringDecoder returns a decoder over an immutable string: String returns substrings of s and
+// Bytes returns views of s's memory, which callers must not modify.
+func NewStringDecoder(s string) Decoder {
+	return Decoder{B: unsafe.Slice(unsafe.StringData(s), len(s)), mirror: true, s: s}
 }
 
 // Next advances to the next field; it returns false at the end of the input or on an error.
 func (d *Decoder) Next() bool {
-	if d.err != nil || len(d.B) == 0 {
+	b := d.B
+	if d.err != nil || len(b) == 0 {
 		return false
 	}
-	key, n := binary.Uvarint(d.B)
-	if n <= 0 || key>>3 == 0 || key>>3 > math.MaxInt32 {
+	// One-byte varints (field numbers below 16, lengths below 128) are the common case: decode them
+	// inline. Guest code runs this, where every function call is expensive.
+	var key uint64
+	var n int
+	if b[0] < 0x80 {
+		key, n = uint64(b[0]), 1
+	} else if key, n = binary.Uvarint(b); n <= 0 {
 		return d.fail()
 	}
-	d.B = d.B[n:]
+	if key>>3 == 0 || key>>3 > math.MaxInt32 {
+		return d.fail()
+	}
+	b = b[n:]
 	d.field, d.wire = int(key>>3), int(key&7)
 	switch d.wire {
 	case wireVarint:
-		v, n := binary.Uvarint(d.B)
-		if n <= 0 {
+		var v uint64
+		var m int
+		if len(b) > 0 && b[0] < 0x80 {
+			v, m = uint64(b[0]), 1
+		} else if v, m = binary.Uvarint(b); m <= 0 {
 			return d.fail()
 		}
-		d.val, d.data, d.B = v, nil, d.B[n:]
+		d.val, d.data = v, nil
+		n += m
 	case wireFixed64:
-		if len(d.B) < 8 {
+		if len(b) < 8 {
 			return d.fail()
 		}
-		d.val, d.data, d.B = binary.LittleEndian.Uint64(d.B), nil, d.B[8:]
+		d.val, d.data = binary.LittleEndian.Uint64(b), nil
+		n += 8
 	case wireBytes:
-		l, n := binary.Uvarint(d.B)
-		if n <= 0 || l > uint64(len(d.B)-n) {
+		var l uint64
+		var m int
+		if len(b) > 0 && b[0] < 0x80 {
+			l, m = uint64(b[0]), 1
+		} else if l, m = binary.Uvarint(b); m <= 0 {
 			return d.fail()
 		}
-		d.data, d.B = d.B[n:n+int(l)], d.B[n+int(l):]
+		if l > uint64(len(b)-m) {
+			return d.fail()
+		}
+		d.data = b[m : m+int(l)]
+		if d.mirror {
+			d.sdata = d.s[n+m : n+m+int(l)]
+		}
+		n += m + int(l)
 	default:
 		return d.fail()
+	}
+	d.B = d.B[n:]
+	if d.mirror {
+		d.s = d.s[n:]
 	}
 	return true
 }
@@ -251,12 +292,31 @@ func (d *Decoder) Bytes() []byte {
 	return d.data
 }
 
-// String returns the current length-delimited field as a string (a copy).
-func (d *Decoder) String() string { return string(d.Bytes()) }
+// String returns the current length-delimited field as a string (a copy, or a substring of the input
+// for a string decoder).
+func (d *Decoder) String() string {
+	b := d.Bytes()
+	if d.mirror {
+		return d.sdata
+	}
+	return string(b)
+}
 
 // Pair decodes the current field as a {1: key, 2: value} message.
 func (d *Decoder) Pair() (key, value string) {
-	sub := Decoder{B: d.Bytes()}
+	b := d.Bytes()
+	// Fast path for the canonical encoding with short fields (all headers in practice): tag 1, length,
+	// key, tag 2, length, value. Anything else takes the general path.
+	if n := len(b); n >= 2 && b[0] == 0x0a && b[1] < 0x80 && int(b[1])+2 <= n {
+		k := int(b[1]) + 2
+		if k == n {
+			return d.sub(2, k), ""
+		}
+		if b[k] == 0x12 && k+1 < n && b[k+1] < 0x80 && k+2+int(b[k+1]) == n {
+			return d.sub(2, k), d.sub(k+2, n)
+		}
+	}
+	sub := d.Message()
 	for sub.Next() {
 		switch sub.Field() {
 		case 1:
@@ -271,8 +331,22 @@ func (d *Decoder) Pair() (key, value string) {
 	return key, value
 }
 
+// sub returns bytes [i, j) of the current length-delimited field as a string.
+func (d *Decoder) sub(i, j int) string {
+	if d.mirror {
+		return d.sdata[i:j]
+	}
+	return string(d.data[i:j])
+}
+
 // Message returns a decoder for the current field's nested message.
-func (d *Decoder) Message() Decoder { return Decoder{B: d.Bytes()} }
+func (d *Decoder) Message() Decoder {
+	b := d.Bytes()
+	if d.mirror {
+		return Decoder{B: b, mirror: true, s: d.sdata}
+	}
+	return Decoder{B: b}
+}
 
 // Merge records a nested decoder's error in d, so a caller checks only the outer Err.
 func (d *Decoder) Merge(sub *Decoder) {

@@ -187,6 +187,11 @@ func FuzzRequest(f *testing.F) {
 		if !reflect.DeepEqual(normRequest(a), normRequest(c)) {
 			t.Fatalf("unstable:\n%+v\n%+v", a, c)
 		}
+		// The string decoder sees exactly what the byte decoder sees.
+		var s Request
+		if err := s.DecodeString(string(b)); err != nil || !reflect.DeepEqual(normRequest(a), normRequest(s)) {
+			t.Fatalf("string decoding differs: %v\n%+v\n%+v", err, a, s)
+		}
 	})
 }
 

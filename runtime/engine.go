@@ -221,9 +221,9 @@ func (e *Engine) janitor() {
 		select {
 		case <-e.stop:
 			return
-		case now := <-t.C:
+		case <-t.C:
 			for _, p := range e.livePools() {
-				p.evictIdle(now.Add(-e.cfg.IdleTimeout), false)
+				p.evictIdle(mono()-e.cfg.IdleTimeout, false)
 			}
 		}
 	}
@@ -262,16 +262,16 @@ func (e *Engine) release(n int64) { e.memUsed.Add(-n) }
 // pool asking for memory), so a busy pool does not evict its own warm instances first.
 func (e *Engine) evictOneIdle(except *Pool) bool {
 	var best *Pool
-	var bestAt time.Time
+	var bestAt time.Duration
 	for pass := 0; pass < 2 && best == nil; pass++ {
 		for _, p := range e.livePools() {
 			if (p == except) != (pass == 1) {
 				continue
 			}
-			if at, ok := p.oldestIdle(); ok && (best == nil || at.Before(bestAt)) {
+			if at, ok := p.oldestIdle(); ok && (best == nil || at < bestAt) {
 				best, bestAt = p, at
 			}
 		}
 	}
-	return best != nil && best.evictIdle(time.Time{}, true) > 0
+	return best != nil && best.evictIdle(0, true) > 0
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -246,7 +245,7 @@ func (e *Engine) tick(ctx context.Context, _ api.Module, _ []uint64) {
 	c.ticks++
 	interval := int64(e.cfg.TickInterval)
 	switch {
-	case time.Now().After(c.deadline):
+	case mono() > c.deadline:
 		c.abort = fmt.Errorf("deadline exceeded (limit %v)", c.inst.pool.cfg.Deadline)
 	case c.Context != nil && c.Context.Err() != nil:
 		c.abort = fmt.Errorf("request cancelled: %w", c.Context.Err())

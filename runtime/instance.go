@@ -13,6 +13,7 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/plinth-dev/plinth/abi"
@@ -29,9 +30,16 @@ type instance struct {
 	cctx      callCtx
 	stack     [2]uint64
 	out       *guestOutput
-	accounted int64 // bytes of linear memory counted in the engine's budget
-	lastUsed  time.Time
+	accounted int64         // bytes of linear memory counted in the engine's budget
+	lastUsed  time.Duration // on the mono clock
 }
+
+// monoBase anchors the mono clock.
+var monoBase = time.Now()
+
+// mono reads the monotonic clock: half the cost of time.Now, which reads the wall clock too, and it is
+// read several times per hook call.
+func mono() time.Duration { return time.Since(monoBase) }
 
 // callCtx is the context.Context every guest call runs with. Host functions reach the call's state
 // through it without allocating: the instance reuses one callCtx for all its calls.
@@ -42,10 +50,10 @@ type callCtx struct {
 	// State of the call in progress.
 	host     abi.Host
 	input    []byte
-	deadline time.Time
-	ticks    int64 // tick host calls this call
-	budget   int64 // work-unit cap; 0 none
-	abort    error // why tick stopped the call
+	deadline time.Duration // on the mono clock
+	ticks    int64         // tick host calls this call
+	budget   int64         // work-unit cap; 0 none
+	abort    error         // why tick stopped the call
 }
 
 type callCtxKey struct{}
@@ -76,7 +84,7 @@ func (p *Pool) newInstance(ctx context.Context, host abi.Host) (*instance, error
 		return nil, p.fail(0, KindOverload, fmt.Errorf("the plugin memory budget (%d MiB) is exhausted",
 			p.engine.cfg.MemoryBudget>>20))
 	}
-	start := time.Now()
+	start := mono()
 	inst := &instance{pool: p, out: &guestOutput{pool: p}, accounted: estimate}
 	inst.cctx.inst = inst
 	if host == nil {
@@ -90,7 +98,7 @@ func (p *Pool) newInstance(ctx context.Context, host abi.Host) (*instance, error
 		p.engine.release(estimate)
 		return nil, err
 	}
-	p.stats.InitTime.ObserveDuration(time.Since(start))
+	p.stats.InitTime.ObserveDuration(mono() - start)
 	p.stats.Created.Add(1)
 	p.stats.Instances.Add(1)
 	p.mu.Lock()
@@ -118,7 +126,11 @@ func (inst *instance) init(ctx context.Context, host abi.Host) error {
 		WithStderr(inst.out)
 	inst.begin(ctx, host, nil, p.cfg.InitDeadline, 0)
 	defer inst.end()
-	mod, err := m.runtime.InstantiateModule(&inst.cctx, m.compiled, cfg)
+	ictx := context.Context(&inst.cctx)
+	if a := memoryAllocator(); a != nil {
+		ictx = experimental.WithMemoryAllocator(ictx, a)
+	}
+	mod, err := m.runtime.InstantiateModule(ictx, m.compiled, cfg)
 	if err != nil {
 		return p.fail(0, KindInit, inst.explain(err))
 	}
@@ -175,9 +187,9 @@ func exportedName(h abi.Hook) string {
 func (inst *instance) begin(ctx context.Context, host abi.Host, input []byte, limit time.Duration, budget int64) {
 	c := &inst.cctx
 	c.Context, c.host, c.input, c.ticks, c.budget, c.abort = ctx, host, input, 0, budget, nil
-	c.deadline = time.Now().Add(limit)
-	if d, ok := ctx.Deadline(); ok && d.Before(c.deadline) {
-		c.deadline = d
+	c.deadline = mono() + limit
+	if d, ok := ctx.Deadline(); ok {
+		c.deadline = min(c.deadline, d.Sub(monoBase))
 	}
 	inst.out.begin()
 	if inst.countdown != nil {
@@ -201,7 +213,7 @@ func (inst *instance) invoke(fn api.Function, arg uint64) error {
 	if inst.pool.engine.cfg.Preemption == PreemptCloseOnDone {
 		// wazero closes the module when this context ends.
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, inst.cctx.deadline)
+		ctx, cancel = context.WithDeadline(ctx, monoBase.Add(inst.cctx.deadline))
 		defer cancel()
 	}
 	return fn.CallWithStack(ctx, inst.stack[:])

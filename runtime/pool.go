@@ -142,9 +142,9 @@ func (p *Pool) Warm(ctx context.Context, n int) error {
 // Call runs hook with the encoded input on an instance, with host serving the plugin's host calls, and
 // returns the result appended to dst[:0]. A failure is a *CallError; the instance involved is closed.
 func (p *Pool) Call(ctx context.Context, hook abi.Hook, input []byte, host abi.Host, dst []byte) ([]byte, error) {
-	start := time.Now()
+	start := mono()
 	out, err := p.call(ctx, hook, input, host, dst)
-	p.stats.record(time.Since(start), err)
+	p.stats.record(mono()-start, err)
 	return out, err
 }
 
@@ -201,7 +201,7 @@ func (p *Pool) get(ctx context.Context, host abi.Host) (*instance, error) {
 
 // put returns a healthy instance to the idle list.
 func (p *Pool) put(inst *instance) {
-	inst.lastUsed = time.Now()
+	inst.lastUsed = mono()
 	p.resize(inst)
 	p.mu.Lock()
 	if p.closed {
@@ -240,22 +240,22 @@ func (p *Pool) discard(inst *instance) {
 	p.mu.Unlock()
 }
 
-// oldestIdle returns the last-use time of the least recently used idle instance.
-func (p *Pool) oldestIdle() (time.Time, bool) {
+// oldestIdle returns the last-use time (mono clock) of the least recently used idle instance.
+func (p *Pool) oldestIdle() (time.Duration, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.idle) == 0 {
-		return time.Time{}, false
+		return 0, false
 	}
 	return p.idle[0].lastUsed, true
 }
 
-// evictIdle closes idle instances last used before cutoff (or just the oldest one when one is true)
-// and returns how many it closed.
-func (p *Pool) evictIdle(cutoff time.Time, one bool) int {
+// evictIdle closes idle instances last used before cutoff (mono clock), or just the oldest one when
+// one is true, and returns how many it closed.
+func (p *Pool) evictIdle(cutoff time.Duration, one bool) int {
 	p.mu.Lock()
 	var victims []*instance
-	for len(p.idle) > 0 && (one && len(victims) == 0 || !one && p.idle[0].lastUsed.Before(cutoff)) {
+	for len(p.idle) > 0 && (one && len(victims) == 0 || !one && p.idle[0].lastUsed < cutoff) {
 		victims = append(victims, p.idle[0])
 		p.idle[0] = nil
 		p.idle = p.idle[1:]

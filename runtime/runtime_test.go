@@ -318,7 +318,7 @@ func TestPoolCapAndIdleEviction(t *testing.T) {
 	if e.MemoryUsed() <= 0 {
 		t.Fatal("no memory accounted for live instances")
 	}
-	if n := p.evictIdle(time.Now().Add(time.Second), false); n == 0 {
+	if n := p.evictIdle(mono()+time.Second, false); n == 0 {
 		t.Fatal("nothing evicted")
 	}
 	if e.MemoryUsed() != 0 || p.Stats().Instances.Load() != 0 {

@@ -109,7 +109,7 @@ func (r RateResult) Policy(name string, l Limit) RatePolicy {
 // instances but not a host restart. A cost of 0 inspects without taking.
 func RateLimitTake(key string, l Limit, cost int64) (RateResult, error) {
 	var out [abi.RLResultSize]byte
-	st := hostRLTake([]byte(key), l.Limit, l.Period.Milliseconds(), l.Burst, cost, out[:])
+	st := hostRLTake(view(key), l.Limit, l.Period.Milliseconds(), l.Burst, cost, out[:])
 	if st < 0 {
 		return RateResult{}, fmt.Errorf("rate limit %q: %w", key, abi.Status(st))
 	}

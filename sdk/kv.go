@@ -25,7 +25,7 @@ var kvBuf = make([]byte, 1024)
 
 // Get returns a copy of the value of key, or ErrNotFound.
 func (kvStore) Get(key string) ([]byte, error) {
-	k := []byte(key)
+	k := view(key)
 	buf := kvBuf
 	for {
 		n := hostKVGet(k, buf)
@@ -42,12 +42,12 @@ func (kvStore) Get(key string) ([]byte, error) {
 // Put stores value under key. A ttl > 0 makes the key expire that long from now; 0 means never.
 // When Put returns nil the write is durable.
 func (kvStore) Put(key string, value []byte, ttl time.Duration) error {
-	return kvErr("put", key, hostKVPut([]byte(key), value, ttl.Milliseconds()))
+	return kvErr("put", key, hostKVPut(view(key), value, ttl.Milliseconds()))
 }
 
 // Delete removes key; deleting a missing key is not an error.
 func (kvStore) Delete(key string) error {
-	return kvErr("delete", key, hostKVDelete([]byte(key)))
+	return kvErr("delete", key, hostKVDelete(view(key)))
 }
 
 // Incr atomically adds delta to the integer stored at key (decimal text; a missing key counts as 0)
@@ -55,7 +55,7 @@ func (kvStore) Delete(key string) error {
 // counters one call.
 func (kvStore) Incr(key string, delta int64, ttl time.Duration) (int64, error) {
 	var out [8]byte
-	if st := hostKVIncr([]byte(key), delta, ttl.Milliseconds(), out[:]); st < 0 {
+	if st := hostKVIncr(view(key), delta, ttl.Milliseconds(), out[:]); st < 0 {
 		return 0, kvErr("incr", key, st)
 	}
 	return int64(binary.LittleEndian.Uint64(out[:])), nil
@@ -64,7 +64,7 @@ func (kvStore) Incr(key string, delta int64, ttl time.Duration) (int64, error) {
 // CompareAndSwap atomically replaces the value of key with new if its current value equals old. A nil
 // old means "key must not exist"; a nil new deletes the key. It reports whether the swap happened.
 func (kvStore) CompareAndSwap(key string, old, new []byte, ttl time.Duration) (bool, error) {
-	st := hostKVCAS([]byte(key), old, new, ttl.Milliseconds())
+	st := hostKVCAS(view(key), old, new, ttl.Milliseconds())
 	if abi.Status(st) == abi.StatusConflict {
 		return false, nil
 	}
@@ -84,7 +84,7 @@ type Entry struct {
 // starts at the beginning), in ascending byte order, and whether more follow. Pass the last key
 // returned as after to get the next page. limit 0 means 100; the host caps it at 1000.
 func (kvStore) Scan(prefix, after string, limit int) ([]Entry, bool, error) {
-	req := abi.KVScanRequest{Prefix: []byte(prefix), After: []byte(after), Limit: uint32(max(limit, 0))}
+	req := abi.KVScanRequest{Prefix: view(prefix), After: view(after), Limit: uint32(max(limit, 0))}
 	enc := req.AppendTo(nil)
 	buf := make([]byte, 16<<10)
 	for {

@@ -33,7 +33,7 @@ func runPromptHook(input []byte, out []byte) (res []byte) {
 		return encodeError(abi.HookPrompt, out, errNoHandler(abi.HookPrompt))
 	}
 	var in PromptInput
-	if err := in.Decode(input); err != nil {
+	if err := in.DecodeString(inputString(input)); err != nil {
 		return encodeError(abi.HookPrompt, out, err)
 	}
 	o, err := handlers.prompt(&in)

@@ -13,6 +13,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof" // served only when PprofAddr is set
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,6 +128,14 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- a.Server.Serve(a.ln) }()
+	if a.Config.PprofAddr != "" {
+		go func() {
+			a.Log.Info("serving Go profiles", "addr", a.Config.PprofAddr)
+			if err := http.ListenAndServe(a.Config.PprofAddr, nil); err != nil {
+				a.Log.Error("pprof listener", "err", err)
+			}
+		}()
+	}
 	a.Log.Info("plinth listening", "addr", a.ln.Addr().String(), "data_dir", a.Config.DataDir,
 		"preemption", a.Engine.Preemption().String())
 	select {

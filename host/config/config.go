@@ -52,6 +52,9 @@ type Config struct {
 	// Preemption is the loop protection of plugins: instrument, close-on-done or none. -preemption,
 	// PLINTH_PREEMPTION, default instrument.
 	Preemption string `json:"preemption"`
+	// PprofAddr, when set, serves Go's net/http/pprof profiles on this address (keep it on loopback).
+	// -pprof-addr, PLINTH_PPROF_ADDR, default off.
+	PprofAddr string `json:"pprof_addr"`
 	// PluginMemoryBudget caps the memory of all plugin instances together, in bytes.
 	// -plugin-memory-budget, PLINTH_PLUGIN_MEMORY_BUDGET, default 2 GiB.
 	PluginMemoryBudget int64 `json:"plugin_memory_budget"`
@@ -201,6 +204,7 @@ var settings = []setting{
 	{"log-level", "PLINTH_LOG_LEVEL", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 	{"log-format", "PLINTH_LOG_FORMAT", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
 	{"preemption", "PLINTH_PREEMPTION", "plugin loop protection: instrument, close-on-done or none", str(func(c *Config) *string { return &c.Preemption })},
+	{"pprof-addr", "PLINTH_PPROF_ADDR", "serve Go profiles on this address (loopback only; off when empty)", str(func(c *Config) *string { return &c.PprofAddr })},
 	{"plugin-memory-budget", "PLINTH_PLUGIN_MEMORY_BUDGET", "memory of all plugin instances (bytes, or with KiB/MiB/GiB suffix)", i64(func(c *Config) *int64 { return &c.PluginMemoryBudget })},
 }
 

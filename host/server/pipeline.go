@@ -96,7 +96,7 @@ func (s *Server) authenticate(rc *reqCtx) *APIError {
 		return &APIError{Status: fasthttp.StatusUnauthorized, Type: typeAuthentication, Code: "invalid_api_key",
 			Message: tenant.ErrBadKey.Error()}
 	}
-	key, t, err := snap.Authenticate(apiKey(rc.ctx), s.now())
+	key, t, err := snap.Authenticate(apiKey(rc.ctx), s.now)
 	if err != nil {
 		e := &APIError{Status: fasthttp.StatusUnauthorized, Type: typeAuthentication, Code: "invalid_api_key", Message: err.Error()}
 		if err == tenant.ErrTenantDisabled {

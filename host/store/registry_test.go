@@ -56,7 +56,7 @@ func TestRegistryRoundTrip(t *testing.T) {
 		ten.Bindings[abi.HookRoute] != "router" || ten.Limits.StorageKeys != 10 {
 		t.Fatalf("snapshot tenant: %+v %+v", ten, ten.Plugins["router"])
 	}
-	if k, _, err := snap.Authenticate([]byte("secret-1"), s.now()); err != nil || k.Label != "pro" {
+	if k, _, err := snap.Authenticate([]byte("secret-1"), s.now); err != nil || k.Label != "pro" {
 		t.Fatalf("auth: %v", err)
 	}
 	// Activation and rollback.
@@ -78,14 +78,14 @@ func TestRegistryRoundTrip(t *testing.T) {
 	// Rotating a key's secret revokes the old one in the same write.
 	s.PutKey(&KeyRecord{ID: "k1", Tenant: "acme", Hash: hashOf("secret-2")})
 	snap, _ = s.Snapshot()
-	if _, _, err := snap.Authenticate([]byte("secret-1"), s.now()); err == nil {
+	if _, _, err := snap.Authenticate([]byte("secret-1"), s.now); err == nil {
 		t.Fatal("old secret still works")
 	}
 	if err := s.DeleteKey("acme", "k1"); err != nil {
 		t.Fatal(err)
 	}
 	snap, _ = s.Snapshot()
-	if _, _, err := snap.Authenticate([]byte("secret-2"), s.now()); err == nil {
+	if _, _, err := snap.Authenticate([]byte("secret-2"), s.now); err == nil {
 		t.Fatal("deleted key still works")
 	}
 	// Deleting the plugin frees its modules.

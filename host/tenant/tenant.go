@@ -186,7 +186,9 @@ var (
 // Authenticate returns the key and tenant of a secret. The secret is hashed and looked up by hash, and
 // the stored hash is compared again in constant time, so timing reveals nothing about stored keys
 // (a hash prefix an attacker cannot choose leaks nothing useful, and the final compare is constant-time).
-func (s *Snapshot) Authenticate(secret []byte, now time.Time) (*Key, *Tenant, error) {
+//
+// now is called only for keys with an expiry.
+func (s *Snapshot) Authenticate(secret []byte, now func() time.Time) (*Key, *Tenant, error) {
 	if len(secret) == 0 {
 		return nil, nil, ErrNoKey
 	}
@@ -195,7 +197,7 @@ func (s *Snapshot) Authenticate(secret []byte, now time.Time) (*Key, *Tenant, er
 	if !ok || subtle.ConstantTimeCompare(k.Hash[:], h[:]) != 1 || k.Disabled {
 		return nil, nil, ErrBadKey
 	}
-	if !k.Expires.IsZero() && now.After(k.Expires) {
+	if !k.Expires.IsZero() && now().After(k.Expires) {
 		return nil, nil, ErrKeyExpired
 	}
 	t := s.tenants[k.Tenant]

@@ -21,24 +21,6 @@ func BenchmarkInstrument(b *testing.B) {
 	}
 }
 
-// TestInstrumentSpeed keeps the rewriter's speed in check in plain test runs:
-// the Go guest must rewrite well under 100 ms.
-func TestInstrumentSpeed(t *testing.T) {
-	wasm := goGuest(t)
-	best := time.Hour
-	for range 5 {
-		t0 := time.Now()
-		if _, err := Instrument(wasm, Options{}); err != nil {
-			t.Fatal(err)
-		}
-		best = min(best, time.Since(t0))
-	}
-	t.Logf("rewrote %d bytes in %v", len(wasm), best)
-	if best > 100*time.Millisecond {
-		t.Errorf("rewriting %d bytes took %v, want well under 100 ms", len(wasm), best)
-	}
-}
-
 // BenchmarkTightLoop compares the cost per loop iteration of tight loops:
 // unprotected (original module), wazero's WithCloseOnContextDone, and the
 // instrumented module with the tick call inline in the loop or hoisted out
