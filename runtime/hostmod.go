@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -178,7 +179,9 @@ func hostSearch(ctx context.Context, mod api.Module, stack []uint64) {
 		stack[0] = status(abi.StatusInvalidArgument)
 		return
 	}
+	start := c.blockStart()
 	stack[0] = api.EncodeI32(c.host.Search(req, buf))
+	c.blockEnd(start)
 }
 
 func hostLLMOpen(ctx context.Context, mod api.Module, stack []uint64) {
@@ -188,7 +191,9 @@ func hostLLMOpen(ctx context.Context, mod api.Module, stack []uint64) {
 		stack[0] = status(abi.StatusInvalidArgument)
 		return
 	}
+	start := c.blockStart()
 	stack[0] = api.EncodeI32(c.host.LLMOpen(req))
+	c.blockEnd(start)
 }
 
 func hostLLMRead(ctx context.Context, mod api.Module, stack []uint64) {
@@ -198,7 +203,9 @@ func hostLLMRead(ctx context.Context, mod api.Module, stack []uint64) {
 		stack[0] = status(abi.StatusInvalidArgument)
 		return
 	}
+	start := c.blockStart()
 	stack[0] = api.EncodeI32(c.host.LLMRead(int32(uint32(stack[0])), buf))
+	c.blockEnd(start)
 }
 
 func hostLLMClose(ctx context.Context, _ api.Module, stack []uint64) {
@@ -227,7 +234,28 @@ func hostRespWrite(ctx context.Context, mod api.Module, stack []uint64) {
 		stack[0] = status(abi.StatusInvalidArgument)
 		return
 	}
+	start := c.blockStart()
 	stack[0] = api.EncodeI32(c.host.RespWrite(data))
+	c.blockEnd(start)
+}
+
+// maxBlocked caps how much a call's deadline moves for time spent blocked in host calls.
+const maxBlocked = 5 * time.Minute
+
+// blockStart and blockEnd bracket a host call that waits on I/O (search, LLM streams, the client). The
+// time it blocks does not count against the call's deadline, which bounds the plugin's own running time:
+// a handle hook that streams an answer spends seconds in llm_read and resp_write, and those calls have
+// their own timeouts (the provider's first-token and idle timeouts, the client's write deadline). The
+// extension is capped (maxBlocked) so a plugin cannot hold an instance indefinitely.
+func (c *callCtx) blockStart() time.Duration { return mono() }
+
+func (c *callCtx) blockEnd(start time.Duration) {
+	d := mono() - start
+	if c.blocked+d > maxBlocked {
+		d = max(maxBlocked-c.blocked, 0)
+	}
+	c.blocked += d
+	c.deadline += d
 }
 
 // errBudget marks a call stopped by its CPU budget.
@@ -252,7 +280,7 @@ func (e *Engine) tick(ctx context.Context, _ api.Module, _ []uint64) {
 	case c.budget > 0 && c.ticks*interval > c.budget:
 		c.abort = fmt.Errorf("%w (limit %d work units per call)", errBudget, c.budget)
 	}
-	if c.abort == nil && c.inst.pool.cfg.Meter != nil {
+	if c.abort == nil && c.metered && c.inst.pool.cfg.Meter != nil {
 		if err := c.inst.pool.cfg.Meter.Charge(interval); err != nil {
 			c.abort = fmt.Errorf("%w: %v", errBudget, err)
 		}

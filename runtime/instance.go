@@ -53,6 +53,8 @@ type callCtx struct {
 	deadline time.Duration // on the mono clock
 	ticks    int64         // tick host calls this call
 	budget   int64         // work-unit cap; 0 none
+	metered  bool          // charge the pool's Meter (hook calls; not instance initialisation)
+	blocked  time.Duration // time spent blocked in I/O host calls, added to the deadline (hostmod.go)
 	abort    error         // why tick stopped the call
 }
 
@@ -132,7 +134,7 @@ func (inst *instance) init(ctx context.Context, host abi.Host) error {
 	}
 	mod, err := m.runtime.InstantiateModule(ictx, m.compiled, cfg)
 	if err != nil {
-		return p.fail(0, KindInit, inst.explain(err))
+		return p.fail(0, inst.initKind(err), inst.explain(err))
 	}
 	inst.mod = mod
 	inst.mem = mod.Memory()
@@ -141,7 +143,7 @@ func (inst *instance) init(ctx context.Context, host abi.Host) error {
 	}
 	if m.hasInit {
 		if err := inst.invoke(mod.ExportedFunction(abi.ExportInitialize), 0); err != nil {
-			return p.fail(0, KindInit, fmt.Errorf("_initialize: %w", inst.explain(err)))
+			return p.fail(0, inst.initKind(err), fmt.Errorf("_initialize: %w", inst.explain(err)))
 		}
 	}
 	if err := inst.invoke(mod.ExportedFunction(abi.ExportABIVersion), 0); err != nil {
@@ -183,10 +185,20 @@ func exportedName(h abi.Hook) string {
 	return h.String()
 }
 
+// initKind classifies a failure during initialisation: stopped by the deadline or the caller's
+// cancellation is a timeout like any call's; anything else is an init failure.
+func (inst *instance) initKind(err error) Kind {
+	if k := inst.classify(err); k == KindTimeout {
+		return k
+	}
+	return KindInit
+}
+
 // begin prepares the call state. Deadline is the pool's limit; the caller's context may be earlier.
 func (inst *instance) begin(ctx context.Context, host abi.Host, input []byte, limit time.Duration, budget int64) {
 	c := &inst.cctx
-	c.Context, c.host, c.input, c.ticks, c.budget, c.abort = ctx, host, input, 0, budget, nil
+	c.Context, c.host, c.input, c.ticks, c.budget, c.abort, c.metered, c.blocked = ctx, host, input, 0, budget, nil, false, 0
+	// The caller's context deadline is not extended by blocked time: it is the caller's limit.
 	c.deadline = mono() + limit
 	if d, ok := ctx.Deadline(); ok {
 		c.deadline = min(c.deadline, d.Sub(monoBase))
@@ -227,10 +239,24 @@ func (inst *instance) call(ctx context.Context, hook abi.Hook, input []byte, hos
 		return nil, p.fail(hook, KindInvalid, fmt.Errorf("the plugin registers no %s handler (with the Go SDK: "+
 			"call sdk.On%s in init)", hook, exportedName(hook)))
 	}
+	meter := p.cfg.Meter
+	if meter != nil && inst.countdown != nil {
+		// A spent budget refuses the call before it runs rather than after 16384 units.
+		if err := meter.Charge(0); err != nil {
+			return nil, p.fail(hook, KindBudget, fmt.Errorf("%w: %v", errBudget, err))
+		}
+	}
 	inst.begin(ctx, host, input, p.cfg.Deadline, p.cfg.CallBudget)
+	inst.cctx.metered = true
 	defer inst.end()
 	err := inst.invoke(fn, uint64(len(input)))
-	p.stats.WorkUnits.Add(inst.workUnits())
+	units := inst.workUnits()
+	p.stats.WorkUnits.Add(units)
+	if meter != nil && inst.countdown != nil {
+		// tick charged whole intervals as they ran; charge the rest. Its error only matters to the next
+		// call, which the check above then refuses.
+		meter.Charge(units - inst.cctx.ticks*int64(p.engine.cfg.TickInterval))
+	}
 	if err != nil {
 		return nil, p.fail(hook, inst.classify(err), inst.explain(err))
 	}

@@ -45,8 +45,9 @@ type PoolConfig struct {
 	Stats *Stats
 }
 
-// Meter is charged with the work units of calls as they run. Charge returns an error to stop the call;
-// the error is reported as the call's failure (KindBudget).
+// Meter is charged with the work units of calls: whole intervals as they run (an error stops the
+// call), the remainder when the call returns, and 0 before a call starts (an error refuses the call).
+// Errors are reported as the call's failure (KindBudget). Charge must be safe for concurrent use.
 type Meter interface {
 	Charge(units int64) error
 }
@@ -392,4 +393,20 @@ func (s *Stats) record(d time.Duration, err error) {
 func (p *Pool) Registered() (abi.HookSet, bool) {
 	r := p.registered.Load()
 	return abi.HookSet(r), r != 0
+}
+
+// Probe starts one instance of m (initialisation and the ABI checks) and returns the hooks the plugin
+// registers handlers for: what an upload must pass before it is accepted. host serves the host calls
+// the plugin makes while initialising; nil makes them fail with StatusUnavailable.
+func (e *Engine) Probe(ctx context.Context, m *Module, host abi.Host, deadline time.Duration) (abi.HookSet, error) {
+	p, err := e.NewPool(PoolConfig{Name: "probe", Module: m, MaxInstances: 1, InitDeadline: deadline, InitHost: host})
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close()
+	if err := p.Warm(ctx, 1); err != nil {
+		return 0, err
+	}
+	registered, _ := p.Registered()
+	return m.Hooks & registered, nil
 }

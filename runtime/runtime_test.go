@@ -251,6 +251,9 @@ func TestLoopingGuestDoesNotStallGC(t *testing.T) {
 func TestCallerCancellationStopsGuest(t *testing.T) {
 	e := newEngine(t, Config{})
 	p := newPool(t, e, hostileWasm(t), PoolConfig{Hooks: abi.HookSet(0).With(abi.HookRoute), Deadline: 10 * time.Second})
+	if err := p.Warm(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	start := time.Now()
@@ -361,4 +364,22 @@ func TestCompileIsCachedByHash(t *testing.T) {
 	}
 	m1.Release()
 	m2.Release()
+}
+
+// TestBlockedHostCallsDoNotCountAgainstTheDeadline: the deadline bounds the plugin's own running time;
+// time it spends waiting in a host call that does I/O (here a slow search) is not counted.
+func TestBlockedHostCallsDoNotCountAgainstTheDeadline(t *testing.T) {
+	e := newEngine(t, Config{})
+	p := newPool(t, e, echoWasm(t), PoolConfig{Hooks: abi.HookSet(0).With(abi.HookRoute), Deadline: 100 * time.Millisecond})
+	h := sdktest.New()
+	h.OnSearch(func(*abi.SearchRequest) ([]abi.SearchHit, error) {
+		time.Sleep(300 * time.Millisecond)
+		return []abi.SearchHit{{Text: "a"}, {Text: "b"}}, nil
+	})
+	r := abi.Request{Method: "GET", Path: "/search", Query: "q"}
+	out, err := p.Call(context.Background(), abi.HookRoute, r.AppendTo(nil), h, nil)
+	var d abi.RouteDecision
+	if err != nil || d.Decode(out) != nil || string(d.Response.Body) != "2" {
+		t.Fatalf("a call blocked 300ms in search with a 100ms deadline: %v %+v", err, d)
+	}
 }

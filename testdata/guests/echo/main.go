@@ -1,4 +1,5 @@
-// Command echo is a fixture plugin (paths with or without a /v1 prefix): its route hook answers /echo directly with a summary of the request,
+// Command echo is a fixture plugin (paths with or without a /v1 prefix): its route hook answers /echo directly
+// (and /config with its configuration, /search with the number of hits of a search for the query string) with a summary of the request,
 // its handle hook echoes the body, and its ratelimit hook allows 3 requests per minute per API key.
 package main
 
@@ -20,6 +21,12 @@ func init() {
 			return sdk.ToPlugin("echo"), nil
 		case "/config":
 			return sdk.Respond(200, sdk.Config()), nil
+		case "/search":
+			hits, err := sdk.Search(sdk.SearchRequest{StoreIDs: []string{"vs"}, Query: req.Query})
+			if err != nil {
+				return sdk.Route{}, err
+			}
+			return sdk.Respond(200, []byte(strconv.Itoa(len(hits)))), nil
 		}
 		return sdk.Default(), nil
 	})
