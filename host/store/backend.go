@@ -33,8 +33,13 @@ type Backend interface {
 	// Scan calls fn for each key in [lower, upper) in ascending order until fn returns false. The slices
 	// are only valid during the call.
 	Scan(lower, upper []byte, fn func(key, value []byte) bool) error
+	// ScanReverse is Scan in descending key order.
+	ScanReverse(lower, upper []byte, fn func(key, value []byte) bool) error
 	// Apply commits a batch atomically and durably.
 	Apply(b *Batch) error
+	// Checkpoint writes a consistent copy of the whole store into dir (which must not exist) while it
+	// keeps serving: the online backup.
+	Checkpoint(dir string) error
 	Close() error
 }
 
@@ -113,11 +118,23 @@ func (p *pebbleBackend) Get(key []byte) ([]byte, error) {
 }
 
 func (p *pebbleBackend) Scan(lower, upper []byte, fn func(key, value []byte) bool) error {
+	return p.scan(lower, upper, false, fn)
+}
+
+func (p *pebbleBackend) ScanReverse(lower, upper []byte, fn func(key, value []byte) bool) error {
+	return p.scan(lower, upper, true, fn)
+}
+
+func (p *pebbleBackend) scan(lower, upper []byte, reverse bool, fn func(key, value []byte) bool) error {
 	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return err
 	}
-	for valid := it.First(); valid; valid = it.Next() {
+	first, next := it.First, it.Next
+	if reverse {
+		first, next = it.Last, it.Prev
+	}
+	for valid := first(); valid; valid = next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			it.Close()
@@ -152,6 +169,11 @@ func (p *pebbleBackend) Apply(b *Batch) error {
 		}
 	}
 	return pb.Commit(pebble.Sync)
+}
+
+func (p *pebbleBackend) Checkpoint(dir string) error {
+	// Flushing the WAL first makes the checkpoint contain every acknowledged write.
+	return p.db.Checkpoint(dir, pebble.WithFlushedWAL())
 }
 
 func (p *pebbleBackend) Close() error { return p.db.Close() }

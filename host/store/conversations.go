@@ -50,12 +50,20 @@ type Item struct {
 var ErrBadID = errors.New("malformed id")
 
 // ValidConvID reports whether id has the conversation id format.
-func ValidConvID(id string) bool {
-	if len(id) != ConvIDLen || !strings.HasPrefix(id, "conv_") {
+func ValidConvID(id string) bool { return hexID(id, "conv_", 32) }
+
+// hexID reports whether id is prefix followed by n lowercase hex digits: the format of the store's
+// random ids, whose fixed length keeps one id from being a prefix of another in the keyspace.
+func hexID(id, prefix string, n int) bool {
+	if len(id) != len(prefix)+n || !strings.HasPrefix(id, prefix) {
 		return false
 	}
-	_, err := hex.DecodeString(id[5:])
-	return err == nil
+	for _, c := range id[len(prefix):] {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func newConvID() string {

@@ -140,6 +140,11 @@ func OpenDir(dir string) (*Store, error) {
 // Close closes the backend.
 func (s *Store) Close() error { return s.b.Close() }
 
+// Backup writes a consistent copy of the store into dir, which must not exist yet, while the store keeps
+// serving. Restore by stopping the server and putting the copy in place of the data directory's store
+// (docs/operations.md).
+func (s *Store) Backup(dir string) error { return s.b.Checkpoint(dir) }
+
 // Backend returns the underlying backend (for derived indexes that keep their own watermarks).
 func (s *Store) Backend() Backend { return s.b }
 

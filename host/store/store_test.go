@@ -228,3 +228,27 @@ func TestUsageSurvivesReopen(t *testing.T) {
 		t.Fatalf("usage after reopen %d/%d, want %d/%d", gotBytes, gotKeys, wantBytes, wantKeys)
 	}
 }
+
+func TestBackupIsAConsistentCopy(t *testing.T) {
+	s, _ := openTest(t)
+	s.KVPut("a", "p", []byte("k"), []byte("before"), 0, Quota{})
+	dir := t.TempDir() + "/backup"
+	if err := s.Backup(dir); err != nil {
+		t.Fatal(err)
+	}
+	s.KVPut("a", "p", []byte("k"), []byte("after"), 0, Quota{})
+	if err := s.Backup(dir); err == nil {
+		t.Fatal("backup over an existing directory succeeded")
+	}
+	restored, err := OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restored.Close()
+	if v, err := restored.KVGet("a", "p", []byte("k")); err != nil || string(v) != "before" {
+		t.Fatalf("restored value %q, %v", v, err)
+	}
+	if _, keys, _ := restored.Usage("a"); keys != 1 {
+		t.Fatalf("restored usage: %d keys", keys)
+	}
+}
