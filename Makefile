@@ -50,10 +50,26 @@ fuzz:
 ## test: everything CI runs
 test: check unit fuzz
 
-## bench: micro-benchmarks and the end-to-end load table (hooks/bare ratio)
+## bench: micro-benchmarks (hook calls, cold start, GC pauses with a looping guest, tight loops, KV
+## through the ABI) and the end-to-end load table, whose last line is the hooks/bare ratio
 bench: build
-	$(GO) test -run=^$$ -bench=. -benchtime=2s ./runtime/
+	$(GO) test -run=^$$ -bench='RouteHook|ColdStart' -benchtime=2s ./runtime/
+	$(GO) test -run=^$$ -bench='GCPause' -benchtime=200x ./runtime/
+	INSTRUMENT_TABLE=1 $(GO) test -run=TestTightLoopTable -v ./runtime/instrument/ | grep -v '^=== RUN'
+	$(GO) test -run=^$$ -bench='Pipeline|KVThroughABI' -benchtime=2s ./host/server/
 	$(GO) run ./host/cmd/plinth-bench -bin $(BIN)
 
 clean:
 	rm -rf bin $(EMBED_DIR)/*.wasm
+
+## eval: ingest a BEIR dataset (EVAL_DIR, default ../shared/eval/scifact) through the API of an in-process
+## server and print nDCG@10 and Recall@100 per search mode (EVAL_FLAGS: e.g. -hash-embedder, -embed-url)
+EVAL_DIR ?= ../shared/eval/scifact
+eval: build
+	./$(BIN) eval -dir $(EVAL_DIR) $(EVAL_FLAGS)
+
+## ingest: bulk-ingest JSONL files or directories (INGEST) into a vector store (STORE, or a new one named
+## by CREATE) of a running server (PLINTH_URL, PLINTH_API_KEY)
+.PHONY: ingest
+ingest: build
+	./$(BIN) ingest $(if $(STORE),-store $(STORE),-create $(or $(CREATE),ingest)) $(INGEST)

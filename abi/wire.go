@@ -190,25 +190,16 @@ func (d *Decoder) Next() bool {
 	}
 	// One-byte varints (field numbers below 16, lengths below 128) are the common case: decode them
 	// inline. Guest code runs this, where every function call is expensive.
-	var key uint64
-	var n int
-	if b[0] < 0x80 {
-		key, n = uint64(b[0]), 1
-	} else if key, n = binary.Uvarint(b); n <= 0 {
-		return d.fail()
-	}
-	if key>>3 == 0 || key>>3 > math.MaxInt32 {
+	key, n := uvarint(b)
+	if n <= 0 || key>>3 == 0 || key>>3 > math.MaxInt32 {
 		return d.fail()
 	}
 	b = b[n:]
 	d.field, d.wire = int(key>>3), int(key&7)
 	switch d.wire {
 	case wireVarint:
-		var v uint64
-		var m int
-		if len(b) > 0 && b[0] < 0x80 {
-			v, m = uint64(b[0]), 1
-		} else if v, m = binary.Uvarint(b); m <= 0 {
+		v, m := uvarint(b)
+		if m <= 0 {
 			return d.fail()
 		}
 		d.val, d.data = v, nil
@@ -220,14 +211,8 @@ func (d *Decoder) Next() bool {
 		d.val, d.data = binary.LittleEndian.Uint64(b), nil
 		n += 8
 	case wireBytes:
-		var l uint64
-		var m int
-		if len(b) > 0 && b[0] < 0x80 {
-			l, m = uint64(b[0]), 1
-		} else if l, m = binary.Uvarint(b); m <= 0 {
-			return d.fail()
-		}
-		if l > uint64(len(b)-m) {
+		l, m := uvarint(b)
+		if m <= 0 || l > uint64(len(b)-m) {
 			return d.fail()
 		}
 		d.data = b[m : m+int(l)]
@@ -243,6 +228,14 @@ func (d *Decoder) Next() bool {
 		d.s = d.s[n:]
 	}
 	return true
+}
+
+// uvarint is binary.Uvarint with the one-byte case inline (small enough for the compiler to inline).
+func uvarint(b []byte) (uint64, int) {
+	if len(b) > 0 && b[0] < 0x80 {
+		return uint64(b[0]), 1
+	}
+	return binary.Uvarint(b)
 }
 
 func (d *Decoder) fail() bool {

@@ -5,8 +5,6 @@ package app
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base32"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -22,6 +20,8 @@ import (
 	"github.com/plinth-dev/plinth/abi"
 	"github.com/plinth-dev/plinth/host/config"
 	"github.com/plinth-dev/plinth/host/defaults"
+	"github.com/plinth-dev/plinth/host/llm"
+	"github.com/plinth-dev/plinth/host/search"
 	"github.com/plinth-dev/plinth/host/server"
 	"github.com/plinth-dev/plinth/host/store"
 	"github.com/plinth-dev/plinth/host/tenant"
@@ -34,9 +34,13 @@ type App struct {
 	Log    *slog.Logger
 	Engine *runtime.Engine
 	Store  *store.Store
+	Search *search.Service
 	Server *server.Server
 	// DemoKey is the demo tenant's API key when the setup has a demo tenant (printed at start).
 	DemoKey string
+	// OperatorKey authorises the operator admin API (printed at start when it was generated).
+	OperatorKey       string
+	operatorGenerated bool
 
 	ln net.Listener
 }
@@ -86,15 +90,27 @@ func New(ctx context.Context, cfg config.Config, logOut io.Writer) (*App, error)
 		a.close()
 		return nil, fmt.Errorf("loading tenants: %w", err)
 	}
+	if a.Search, err = newSearch(cfg, st, log); err != nil {
+		a.close()
+		return nil, err
+	}
+	a.OperatorKey = cfg.OperatorKey
+	if a.OperatorKey == "" {
+		a.OperatorKey, a.operatorGenerated = tenant.NewSecret(), true
+	}
 	srv, err := server.New(server.Options{
-		Engine:       engine,
-		Modules:      storeModules{st},
-		Logger:       log,
-		MaxBodyBytes: cfg.MaxBodyBytes,
-		ReadTimeout:  cfg.ReadTimeout.D(),
-		WriteTimeout: cfg.WriteTimeout.D(),
-		IdleTimeout:  cfg.IdleTimeout.D(),
-		Store:        st,
+		OperatorKeyHash: tenant.HashKey([]byte(a.OperatorKey)),
+		Engine:          engine,
+		Logger:          log,
+		MaxBodyBytes:    cfg.MaxBodyBytes,
+		MaxPluginBytes:  cfg.MaxPluginBytes,
+		ReadTimeout:     cfg.ReadTimeout.D(),
+		WriteTimeout:    cfg.WriteTimeout.D(),
+		IdleTimeout:     cfg.IdleTimeout.D(),
+		Store:           st,
+		LLM:             llm.New(llm.Options{Logger: log}),
+		Retriever:       a.Search,
+		Search:          a.Search,
 	})
 	if err != nil {
 		a.close()
@@ -158,9 +174,30 @@ func (a *App) Serve(ctx context.Context) error {
 
 func (a *App) close() {
 	a.Engine.Close(context.Background())
+	if a.Search != nil {
+		if err := a.Search.Close(); err != nil {
+			a.Log.Error("closing the search indexes", "err", err)
+		}
+	}
 	if err := a.Store.Close(); err != nil {
 		a.Log.Error("closing the store", "err", err)
 	}
+}
+
+// newSearch opens the search service (vector stores; indexes under DataDir/indexes) with the configured
+// default embedder.
+func newSearch(cfg config.Config, st *store.Store, log *slog.Logger) (*search.Service, error) {
+	opts := search.Options{Store: st, Dir: filepath.Join(cfg.DataDir, "indexes"), Logger: log}
+	if cfg.EmbedBaseURL != "" {
+		opts.DefaultEmbedder = &search.EmbedderConfig{BaseURL: cfg.EmbedBaseURL, Model: cfg.EmbedModel,
+			APIKeyEnv: cfg.EmbedAPIKeyEnv, Dimensions: int(cfg.EmbedDimensions)}
+	}
+	for _, u := range strings.Split(cfg.EmbedAllowedURLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			opts.AllowedEmbedderURLs = append(opts.AllowedEmbedderURLs, u)
+		}
+	}
+	return search.New(opts)
 }
 
 func parsePreemption(s string) (runtime.Preemption, error) {
@@ -185,13 +222,6 @@ func newLogger(cfg config.Config, out io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(out, opts)), nil
 	}
 	return slog.New(slog.NewTextHandler(out, opts)), nil
-}
-
-// storeModules serves plugin modules from the store.
-type storeModules struct{ s *store.Store }
-
-func (m storeModules) Module(_ context.Context, tenantID, hash string) ([]byte, error) {
-	return m.s.Module(tenantID, hash)
 }
 
 // seed writes the configuration's tenants (or the embedded default setup when the config file names
@@ -264,7 +294,11 @@ func addVersion(ctx context.Context, st *store.Store, engine *runtime.Engine, te
 		return nil, err
 	}
 	defer m.Release()
-	return st.AddVersion(tenantID, name, wasm, m.Hooks, true, store.Quota{})
+	hooks, err := engine.Probe(ctx, m, nil, 0)
+	if err != nil {
+		return nil, err
+	}
+	return st.AddVersion(tenantID, name, wasm, hooks, true, store.Quota{})
 }
 
 // refreshEmbedded keeps first-party plugins that a tenant uses from the binary ("embedded:NAME") in step
@@ -315,7 +349,7 @@ func demoKey(cfg config.Config, st *store.Store) (string, error) {
 		}
 		key := cfg.DemoKey
 		if key == "" {
-			key = NewKey()
+			key = tenant.NewSecret()
 		}
 		h := tenant.HashKey([]byte(key))
 		err := st.PutKey(&store.KeyRecord{ID: "demo-key", Tenant: t.ID, Label: "default", Hash: hex.EncodeToString(h[:]), Admin: true})
@@ -346,22 +380,24 @@ func loadWasm(cfg *config.Config, src string) ([]byte, error) {
 	return os.ReadFile(cfg.ResolvePath(src))
 }
 
-// NewKey returns a new random API key: "pk-" and 32 base32 characters (160 bits).
-func NewKey() string {
-	var b [20]byte
-	rand.Read(b[:])
-	return "pk-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
-}
+// NewKey returns a new random API key secret.
+func NewKey() string { return tenant.NewSecret() }
 
 // Banner returns the start-up lines that tell a user how to call the server.
 func (a *App) Banner() string {
-	if a.DemoKey == "" || a.ln == nil {
+	if a.ln == nil {
 		return ""
 	}
 	var b strings.Builder
 	base := "http://" + a.ln.Addr().String()
 	fmt.Fprintf(&b, "\nPlinth is running at %s\n", base)
-	fmt.Fprintf(&b, "  demo tenant API key: %s\n", a.DemoKey)
-	fmt.Fprintf(&b, "  try: curl -s %s/v1/models -H 'Authorization: Bearer %s'\n\n", base, a.DemoKey)
+	if a.DemoKey != "" {
+		fmt.Fprintf(&b, "  demo tenant API key: %s\n", a.DemoKey)
+		fmt.Fprintf(&b, "  try: curl -s %s/v1/models -H 'Authorization: Bearer %s'\n", base, a.DemoKey)
+	}
+	if a.operatorGenerated {
+		fmt.Fprintf(&b, "  operator key (admin API, this run only; set PLINTH_OPERATOR_KEY to keep one): %s\n", a.OperatorKey)
+	}
+	b.WriteString("\n")
 	return b.String()
 }

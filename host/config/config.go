@@ -34,6 +34,8 @@ type Config struct {
 	OperatorKey string `json:"-"`
 	// MaxBodyBytes caps request bodies. -max-body-bytes, PLINTH_MAX_BODY_BYTES, default 8 MiB.
 	MaxBodyBytes int64 `json:"max_body_bytes"`
+	// MaxPluginBytes caps uploaded plugin modules. -max-plugin-bytes, PLINTH_MAX_PLUGIN_BYTES, default 64 MiB.
+	MaxPluginBytes int64 `json:"max_plugin_bytes"`
 	// ReadTimeout bounds reading a request (headers and body). -read-timeout, PLINTH_READ_TIMEOUT,
 	// default 30s.
 	ReadTimeout Duration `json:"read_timeout"`
@@ -58,6 +60,21 @@ type Config struct {
 	// PluginMemoryBudget caps the memory of all plugin instances together, in bytes.
 	// -plugin-memory-budget, PLINTH_PLUGIN_MEMORY_BUDGET, default 2 GiB.
 	PluginMemoryBudget int64 `json:"plugin_memory_budget"`
+	// EmbedBaseURL and EmbedModel name the default embedder: an OpenAI-compatible /embeddings endpoint
+	// (OpenAI, Ollama, vLLM, TEI) for vector stores created without their own and for /v1/embeddings.
+	// -embed-base-url, PLINTH_EMBED_BASE_URL and -embed-model, PLINTH_EMBED_MODEL; default none (lexical
+	// search only).
+	EmbedBaseURL string `json:"embed_base_url"`
+	EmbedModel   string `json:"embed_model"`
+	// EmbedAPIKeyEnv names the environment variable holding the default embedder's API key (the key itself
+	// is never in the config). -embed-api-key-env, PLINTH_EMBED_API_KEY_ENV, default PLINTH_EMBED_API_KEY.
+	EmbedAPIKeyEnv string `json:"embed_api_key_env"`
+	// EmbedDimensions, when set, is requested from the default embedder and checked. -embed-dimensions,
+	// PLINTH_EMBED_DIMENSIONS, default 0 (the model's).
+	EmbedDimensions int64 `json:"embed_dimensions"`
+	// EmbedAllowedURLs, when set, is a comma-separated list of URL prefixes a vector store's own embedder
+	// must start with. -embed-allowed-urls, PLINTH_EMBED_ALLOWED_URLS, default any http(s) URL.
+	EmbedAllowedURLs string `json:"embed_allowed_urls"`
 	// Tenants seed a fresh data directory. Config file only.
 	Tenants []Tenant `json:"tenants"`
 
@@ -148,6 +165,7 @@ func Defaults() Config {
 		Addr:               "127.0.0.1:8080",
 		DataDir:            "plinth-data",
 		MaxBodyBytes:       8 << 20,
+		MaxPluginBytes:     64 << 20,
 		ReadTimeout:        Duration(30 * time.Second),
 		WriteTimeout:       Duration(60 * time.Second),
 		IdleTimeout:        Duration(2 * time.Minute),
@@ -156,6 +174,7 @@ func Defaults() Config {
 		LogFormat:          "text",
 		Preemption:         "instrument",
 		PluginMemoryBudget: 2 << 30,
+		EmbedAPIKeyEnv:     "PLINTH_EMBED_API_KEY",
 	}
 }
 
@@ -197,6 +216,7 @@ var settings = []setting{
 	{"demo-key", "PLINTH_DEMO_KEY", "API key of the demo tenant (random when unset)", str(func(c *Config) *string { return &c.DemoKey })},
 	{"operator-key", "PLINTH_OPERATOR_KEY", "operator admin key (random when unset)", str(func(c *Config) *string { return &c.OperatorKey })},
 	{"max-body-bytes", "PLINTH_MAX_BODY_BYTES", "request body limit (bytes, or with KiB/MiB suffix)", i64(func(c *Config) *int64 { return &c.MaxBodyBytes })},
+	{"max-plugin-bytes", "PLINTH_MAX_PLUGIN_BYTES", "plugin upload limit (bytes, or with KiB/MiB suffix)", i64(func(c *Config) *int64 { return &c.MaxPluginBytes })},
 	{"read-timeout", "PLINTH_READ_TIMEOUT", "request read timeout", dur(func(c *Config) *Duration { return &c.ReadTimeout })},
 	{"write-timeout", "PLINTH_WRITE_TIMEOUT", "response write timeout", dur(func(c *Config) *Duration { return &c.WriteTimeout })},
 	{"idle-timeout", "PLINTH_IDLE_TIMEOUT", "keep-alive idle timeout", dur(func(c *Config) *Duration { return &c.IdleTimeout })},
@@ -205,6 +225,11 @@ var settings = []setting{
 	{"log-format", "PLINTH_LOG_FORMAT", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
 	{"preemption", "PLINTH_PREEMPTION", "plugin loop protection: instrument, close-on-done or none", str(func(c *Config) *string { return &c.Preemption })},
 	{"pprof-addr", "PLINTH_PPROF_ADDR", "serve Go profiles on this address (loopback only; off when empty)", str(func(c *Config) *string { return &c.PprofAddr })},
+	{"embed-base-url", "PLINTH_EMBED_BASE_URL", "default embedder: OpenAI-compatible API base URL", str(func(c *Config) *string { return &c.EmbedBaseURL })},
+	{"embed-model", "PLINTH_EMBED_MODEL", "default embedder: model", str(func(c *Config) *string { return &c.EmbedModel })},
+	{"embed-api-key-env", "PLINTH_EMBED_API_KEY_ENV", "default embedder: name of the variable holding its API key", str(func(c *Config) *string { return &c.EmbedAPIKeyEnv })},
+	{"embed-dimensions", "PLINTH_EMBED_DIMENSIONS", "default embedder: vector dimensions to request (0: the model's)", i64(func(c *Config) *int64 { return &c.EmbedDimensions })},
+	{"embed-allowed-urls", "PLINTH_EMBED_ALLOWED_URLS", "comma-separated URL prefixes allowed for vector stores' own embedders (empty: any)", str(func(c *Config) *string { return &c.EmbedAllowedURLs })},
 	{"plugin-memory-budget", "PLINTH_PLUGIN_MEMORY_BUDGET", "memory of all plugin instances (bytes, or with KiB/MiB/GiB suffix)", i64(func(c *Config) *int64 { return &c.PluginMemoryBudget })},
 }
 
@@ -283,6 +308,9 @@ func (c *Config) Validate() error {
 	case "instrument", "close-on-done", "none":
 	default:
 		errs = append(errs, fmt.Errorf("preemption %q: want instrument, close-on-done or none", c.Preemption))
+	}
+	if (c.EmbedBaseURL == "") != (c.EmbedModel == "") {
+		errs = append(errs, errors.New("embed_base_url and embed_model are set together (or neither)"))
 	}
 	ids := map[string]bool{}
 	for i, t := range c.Tenants {

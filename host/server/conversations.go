@@ -274,6 +274,11 @@ func (s *Server) updateConversation(rc *reqCtx) {
 		writeError(rc.ctx, e)
 		return
 	}
+	if req.Metadata == nil {
+		writeError(rc.ctx, &APIError{Status: 400, Type: typeInvalidRequest, Code: "missing_metadata", Param: "metadata",
+			Message: "metadata is required: the update replaces the conversation's metadata ({} clears it)"})
+		return
+	}
 	if e := checkMetadata(req.Metadata); e != nil {
 		writeError(rc.ctx, e)
 		return

@@ -19,6 +19,12 @@ type hostCall struct {
 	ctx       context.Context
 	requestID string
 	keyBuf    []byte // scratch for scoped keys
+
+	// streams are the LLM streams the plugin opened in this call, by handle-1 (nil once closed);
+	// finish closes those still open. resp is the handle call's response stream once resp_start ran.
+	// Both are used by the call's goroutine only (one call at a time per instance).
+	streams []*llmHandle
+	resp    *respStream
 }
 
 var _ abi.Host = (*hostCall)(nil)

@@ -171,6 +171,14 @@ func (m *metrics) write(w io.Writer, s *Server) {
 			fmt.Fprintf(bw, "%s{tenant=%q,plugin=%q} %d\n", c.name, k[0], k[1], c.get(snap(k)))
 		}
 	}
+	header(bw, "plinth_tenant_cpu_work_units_total", "counter", "Instrumented work units run by all of a tenant's plugins.")
+	perTenant := map[string]int64{}
+	for _, k := range plugins {
+		perTenant[k[0]] += snap(k).WorkUnits.Load()
+	}
+	for _, id := range tenants {
+		fmt.Fprintf(bw, "plinth_tenant_cpu_work_units_total{tenant=%q} %d\n", id, perTenant[id])
+	}
 	header(bw, "plinth_plugin_instances", "gauge", "Live plugin instances.")
 	for _, k := range plugins {
 		fmt.Fprintf(bw, "plinth_plugin_instances{tenant=%q,plugin=%q} %d\n", k[0], k[1], snap(k).Instances.Load())

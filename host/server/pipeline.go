@@ -58,7 +58,10 @@ func (s *Server) serveAPI(ctx *fasthttp.RequestCtx, start time.Time) {
 	ctx.Response.Header.SetBytesV("X-Request-Id", rc.rid)
 
 	stats := &s.metrics.anonymous
-	if err := s.authenticate(rc); err != nil {
+	if int64(len(ctx.Request.Body())) > s.opts.MaxBodyBytes {
+		writeError(ctx, &APIError{Status: fasthttp.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: "request_too_large",
+			Message: "request body exceeds the limit of " + strconv.FormatInt(s.opts.MaxBodyBytes, 10) + " bytes"})
+	} else if err := s.authenticate(rc); err != nil {
 		writeError(ctx, err)
 	} else {
 		stats = rc.trt.stats
@@ -210,26 +213,6 @@ func (s *Server) pipeline(rc *reqCtx) {
 	case abi.RouteRespond:
 		writeResponse(ctx, &rc.route.Response)
 	}
-}
-
-// serveHandle calls a plugin's handle hook and writes its response.
-func (s *Server) serveHandle(rc *reqCtx, p *pluginRT) {
-	out, err := s.call(rc.ctx, p, abi.HookHandle, string(rc.rid), rc.encodeRequest(true, true), rc.out)
-	rc.out = out
-	if err != nil {
-		writeError(rc.ctx, pluginError(err))
-		return
-	}
-	var r abi.Response
-	if err := r.Decode(out); err != nil {
-		writeError(rc.ctx, abiViolation(p, abi.HookHandle, err))
-		return
-	}
-	if r.Error != "" {
-		writeError(rc.ctx, handlerError(p.label, "handle", r.Error))
-		return
-	}
-	writeResponse(rc.ctx, &r)
 }
 
 func abiViolation(p *pluginRT, hook abi.Hook, err error) *APIError {

@@ -19,6 +19,13 @@ type ModuleSource interface {
 	Module(ctx context.Context, tenant, hash string) ([]byte, error)
 }
 
+// storeModules serves modules from the store's plugin registry.
+type storeModules struct{ s *store.Store }
+
+func (m storeModules) Module(_ context.Context, tenantID, hash string) ([]byte, error) {
+	return m.s.Module(tenantID, hash)
+}
+
 // pluginRT is a loaded plugin version of one tenant: its pool of instances and its configuration.
 // Pools are shared between successive states while the plugin, its version, configuration and the
 // tenant's limits stay the same, so a reload that changes one plugin keeps every other warm.
@@ -194,6 +201,7 @@ func (s *Server) call(ctx context.Context, prt *pluginRT, hook abi.Hook, rid str
 	hc := hostCallPool.Get().(*hostCall)
 	hc.s, hc.plugin, hc.ctx, hc.requestID = s, prt, ctx, rid
 	out, err := prt.pool.Call(ctx, hook, input, hc, dst)
+	hc.finish()
 	*hc = hostCall{keyBuf: hc.keyBuf[:0]}
 	hostCallPool.Put(hc)
 	return out, err

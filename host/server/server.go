@@ -22,12 +22,14 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/plinth-dev/plinth/abi"
+	"github.com/plinth-dev/plinth/host/llm"
 	"github.com/plinth-dev/plinth/host/ratelimit"
+	"github.com/plinth-dev/plinth/host/search"
 	"github.com/plinth-dev/plinth/host/store"
 	"github.com/plinth-dev/plinth/runtime"
 )
 
-// Options configure a Server. Engine and Modules are required; zero values elsewhere take the documented
+// Options configure a Server. Engine, and Modules or Store, are required; zero values elsewhere take the documented
 // defaults.
 type Options struct {
 	Engine  *runtime.Engine
@@ -45,8 +47,18 @@ type Options struct {
 	// Store holds tenant data (plugin KV, conversations, documents). Nil disables the endpoints and host
 	// calls that need it (they answer "unavailable").
 	Store *store.Store
+	// OperatorKeyHash is the SHA-256 of the operator key, which authorises the whole admin API. Zero
+	// disables the operator's endpoints (tenant-admin keys still work).
+	OperatorKeyHash [32]byte
+	// MaxPluginBytes caps uploaded plugin modules. Zero means 64 MiB.
+	MaxPluginBytes int64
 	// Retriever runs searches for the search host call and for chat retrieval. Nil disables them.
 	Retriever Retriever
+	// Search serves the vector stores API (usually also the Retriever). Nil disables it.
+	Search *search.Service
+	// LLM runs chat completions for the chat endpoint and the llm_* host calls. Nil means a Service
+	// with default options (each tenant's "llm" configuration, or the offline extractive model).
+	LLM *llm.Service
 }
 
 // Retriever runs one search over a tenant's vector stores (host/search implements it).
@@ -63,6 +75,7 @@ type Server struct {
 	limiter   *ratelimit.Limiter
 	store     *store.Store
 	retriever Retriever
+	search    *search.Service
 	metrics   *metrics
 	now       func() time.Time
 	http      *fasthttp.Server
@@ -78,6 +91,7 @@ type Server struct {
 	ridPrefix    [8]byte
 	ridSeq       atomic.Uint64
 	extraMetrics []func(io.Writer)
+	admin        []adminRoute
 	// otherHandlers serve paths outside /v1 (admin API, OpenAPI document); each reports whether it
 	// handled the request.
 	otherHandlers []func(*fasthttp.RequestCtx) bool
@@ -88,8 +102,11 @@ type Server struct {
 
 // New returns a Server with no tenants.
 func New(opts Options) (*Server, error) {
+	if opts.Modules == nil && opts.Store != nil {
+		opts.Modules = storeModules{opts.Store}
+	}
 	if opts.Engine == nil || opts.Modules == nil {
-		return nil, errors.New("server: Engine and Modules are required")
+		return nil, errors.New("server: Engine and Modules (or Store) are required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -112,6 +129,9 @@ func New(opts Options) (*Server, error) {
 	if opts.Limiter == nil {
 		opts.Limiter = ratelimit.New(opts.Now)
 	}
+	if opts.MaxPluginBytes <= 0 {
+		opts.MaxPluginBytes = 64 << 20
+	}
 	s := &Server{
 		opts:      opts,
 		log:       opts.Logger,
@@ -120,6 +140,7 @@ func New(opts Options) (*Server, error) {
 		limiter:   opts.Limiter,
 		store:     opts.Store,
 		retriever: opts.Retriever,
+		search:    opts.Search,
 		metrics:   newMetrics(),
 		now:       opts.Now,
 		byName:    map[string]*endpoint{},
@@ -129,11 +150,16 @@ func New(opts Options) (*Server, error) {
 	rand.Read(s.ridPrefix[:])
 	s.cur.Store(&state{tenants: map[string]*tenantRT{}})
 	s.registerEndpoints()
+	s.admin = s.adminRoutes()
+	s.otherHandlers = append(s.otherHandlers, s.serveAdmin)
+	s.registerOpenAPI()
 	s.http = &fasthttp.Server{
-		Handler:                            s.handle,
-		ErrorHandler:                       s.handleParseError,
-		Name:                               "plinth",
-		MaxRequestBodySize:                 int(opts.MaxBodyBytes),
+		Handler:      s.handle,
+		ErrorHandler: s.handleParseError,
+		Name:         "plinth",
+		// Plugin uploads may be larger than API requests: fasthttp reads up to the larger limit and
+		// serveAPI enforces MaxBodyBytes itself.
+		MaxRequestBodySize:                 int(max(opts.MaxBodyBytes, opts.MaxPluginBytes)),
 		ReadTimeout:                        opts.ReadTimeout,
 		WriteTimeout:                       opts.WriteTimeout,
 		IdleTimeout:                        opts.IdleTimeout,

@@ -32,6 +32,19 @@ func (m modules) Module(_ context.Context, _, hash string) ([]byte, error) {
 	return b, nil
 }
 
+type chainModules []ModuleSource
+
+func (c chainModules) Module(ctx context.Context, tenant, hash string) ([]byte, error) {
+	var err error
+	for _, m := range c {
+		var b []byte
+		if b, err = m.Module(ctx, tenant, hash); err == nil {
+			return b, nil
+		}
+	}
+	return nil, err
+}
+
 func (m modules) add(b []byte) string {
 	h := runtime.ModuleHash(b)
 	m[h] = b
@@ -55,7 +68,11 @@ func startServer(t testing.TB, opts Options) *testServer {
 		t.Fatal(err)
 	}
 	mods := modules{}
-	opts.Engine, opts.Modules, opts.Logger = engine, mods, quiet()
+	opts.Engine, opts.Logger, opts.Modules = engine, quiet(), mods
+	if opts.Store != nil {
+		// Modules registered by the test first, then the store's registry (admin uploads).
+		opts.Modules = chainModules{mods, storeModules{opts.Store}}
+	}
 	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -4,13 +4,16 @@
 package tenant
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base32"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/abi"
@@ -94,6 +97,13 @@ type Key struct {
 	Admin    bool
 	Expires  time.Time // zero: never
 	Disabled bool
+}
+
+// NewSecret returns a new random API key secret: "pk-" and 32 base32 characters (160 bits).
+func NewSecret() string {
+	var b [20]byte
+	rand.Read(b[:])
+	return "pk-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }
 
 // HashKey returns the SHA-256 of an API key secret.
