@@ -32,8 +32,8 @@ check:
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	@echo "== go mod tidy"; $(GO) mod tidy -diff
 	@echo "== go vet"; $(GO) vet ./...
-	@echo "== wasip1 builds (abi, sdk, plugins)"; GOOS=wasip1 GOARCH=wasm $(GO) build ./abi/... ./sdk/ ./plugins/...
-	@GOOS=wasip1 GOARCH=wasm $(GO) vet ./abi/... ./sdk/
+	@echo "== wasip1 builds (abi, sdk, plugins)"; GOOS=wasip1 GOARCH=wasm $(GO) build ./abi/... ./sdk/ ./sdk/rag ./plugins/...
+	@GOOS=wasip1 GOARCH=wasm $(GO) vet ./abi/... ./sdk/ ./sdk/rag
 	@echo "== import rules"; $(GO) test -count=1 -run TestLayout ./host/
 
 ## unit: all tests (plugins are built by the tests that need them)

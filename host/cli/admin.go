@@ -27,11 +27,9 @@ func init() {
 
 // adminClient calls the admin API with an operator or tenant-admin key.
 type adminClient struct {
-	base string
-	key  string
-	http *http.Client
+	*client
 	out  io.Writer
-	json bool // print raw JSON answers
+	json bool // print the server's JSON answers instead of tables
 }
 
 // adminFlags adds the flags every admin command takes.
@@ -41,63 +39,14 @@ func adminFlags(fs *flag.FlagSet, env *Env) func() *adminClient {
 		"operator or tenant-admin key (env PLINTH_ADMIN_KEY, else PLINTH_OPERATOR_KEY)")
 	asJSON := fs.Bool("json", false, "print the server's JSON answers")
 	return func() *adminClient {
-		return &adminClient{base: strings.TrimRight(*url, "/"), key: *key, http: &http.Client{Timeout: 5 * time.Minute},
-			out: env.Stdout, json: *asJSON}
-	}
-}
-
-// send calls the admin API; a JSON error answer becomes an error with the server's message.
-func (c *adminClient) send(method, path, contentType string, body io.Reader, out any) error {
-	if c.key == "" {
-		return errors.New("no admin key: pass -key or set PLINTH_ADMIN_KEY (a tenant-admin key) or PLINTH_OPERATOR_KEY")
-	}
-	req, err := http.NewRequest(method, c.base+"/admin/v1"+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.key)
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	res, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the server at %s (is it running? set -url or PLINTH_URL): %w", c.base, err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		return err
-	}
-	if res.StatusCode != http.StatusOK {
-		var e struct {
-			Error struct{ Message, Code string }
+		c := &adminClient{client: &client{base: strings.TrimRight(*url, "/"), prefix: "/admin/v1", key: *key,
+			noKey: "no admin key: pass -key or set PLINTH_ADMIN_KEY (a tenant-admin key) or PLINTH_OPERATOR_KEY",
+			http:  &http.Client{Timeout: 5 * time.Minute}}, out: env.Stdout, json: *asJSON}
+		if c.json {
+			c.dump = env.Stdout
 		}
-		if json.Unmarshal(b, &e) != nil || e.Error.Message == "" {
-			return fmt.Errorf("%s %s: HTTP %d: %s", method, path, res.StatusCode, strings.TrimSpace(string(b)))
-		}
-		return fmt.Errorf("%s (%s, HTTP %d)", e.Error.Message, e.Error.Code, res.StatusCode)
+		return c
 	}
-	if c.json {
-		fmt.Fprintln(c.out, strings.TrimSpace(string(b)))
-	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
-}
-
-// call sends a JSON body (nil for none).
-func (c *adminClient) call(method, path string, body, out any) error {
-	var rd io.Reader
-	ct := ""
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd, ct = strings.NewReader(string(b)), "application/json"
-	}
-	return c.send(method, path, ct, rd, out)
 }
 
 // tenantOf returns the -tenant flag, or the tenant of a tenant-admin key.

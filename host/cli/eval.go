@@ -93,16 +93,16 @@ func runEval(env *Env, args []string) error {
 		embLabel = *embedModel
 	}
 
-	c := &apiClient{base: base, key: apiKey, http: &http.Client{Timeout: 10 * time.Minute}}
+	c := &client{base: base, key: apiKey, http: &http.Client{Timeout: 10 * time.Minute}}
 	spec := map[string]any{"name": "eval " + filepath.Base(*dir), "embedder": embedder}
 	if *chunk > 0 {
 		spec["chunking_strategy"] = map[string]any{"type": "static", "static": map[string]int{"max_chunk_size_tokens": *chunk, "chunk_overlap_tokens": *chunk / 4}}
 	}
 	var vs struct{ ID string }
-	if err := c.do("POST", "/v1/vector_stores", spec, &vs); err != nil {
+	if err := c.call("POST", "/v1/vector_stores", spec, &vs); err != nil {
 		return fmt.Errorf("creating the vector store: %w", err)
 	}
-	defer c.do("DELETE", "/v1/vector_stores/"+vs.ID, nil, nil)
+	defer c.call("DELETE", "/v1/vector_stores/"+vs.ID, nil, nil)
 
 	// Ingest the corpus through the API.
 	docs := make(chan ingestDoc, 1000)
@@ -167,7 +167,7 @@ func runEval(env *Env, args []string) error {
 
 // evalRun runs every query in one mode and returns mean nDCG@10 and Recall@100 over documents (chunks
 // of one document count once, at their best rank) and the latency of each query's first page, sorted.
-func evalRun(c *apiClient, store string, queries []beir.Query, qrels beir.Qrels, options map[string]any) (float64, float64, []time.Duration, error) {
+func evalRun(c *client, store string, queries []beir.Query, qrels beir.Qrels, options map[string]any) (float64, float64, []time.Duration, error) {
 	type result struct {
 		ndcg, recall float64
 		lat          time.Duration
@@ -198,7 +198,7 @@ func evalRun(c *apiClient, store string, queries []beir.Query, qrels beir.Qrels,
 						NextPage *string `json:"next_page"`
 					}
 					t := time.Now()
-					err := c.do("POST", "/v1/vector_stores/"+store+"/search", body, &res)
+					err := c.call("POST", "/v1/vector_stores/"+store+"/search", body, &res)
 					if page == "" {
 						results[i].lat = time.Since(t)
 					}

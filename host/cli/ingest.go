@@ -23,59 +23,6 @@ func init() {
 	register(command{"ingest", "bulk-ingest JSONL files or directories of text into a vector store", runIngest})
 }
 
-// apiClient calls a Plinth server's API with a tenant key.
-type apiClient struct {
-	base string
-	key  string
-	http *http.Client
-}
-
-// APIError is an error answer of the server.
-type apiError struct {
-	Status  int
-	Message string
-	Code    string
-}
-
-func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message) }
-
-func (c *apiClient) do(method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, strings.TrimRight(c.base, "/")+path, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.key)
-	req.Header.Set("Content-Type", "application/json")
-	res, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		return err
-	}
-	if res.StatusCode != http.StatusOK {
-		var e struct {
-			Error struct{ Message, Code string }
-		}
-		json.Unmarshal(b, &e)
-		return &apiError{Status: res.StatusCode, Message: e.Error.Message, Code: e.Error.Code}
-	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
-}
-
 // ingestDoc is a document of the ingest input: Plinth's shape ({id, text, filename, attributes}) or
 // BEIR's ({_id, title, text}; the title is prepended to the text).
 type ingestDoc struct {
@@ -194,7 +141,7 @@ type ingestStats struct {
 
 // ingest sends the documents of in to a vector store in batches, with workers concurrent requests,
 // calling progress every half second and when done.
-func ingest(c *apiClient, store string, in <-chan ingestDoc, batch, workers int, progress func(docs, chunks int64, elapsed time.Duration)) (*ingestStats, error) {
+func ingest(c *client, store string, in <-chan ingestDoc, batch, workers int, progress func(docs, chunks int64, elapsed time.Duration)) (*ingestStats, error) {
 	st := &ingestStats{}
 	batches := make(chan []ingestDoc)
 	var wg sync.WaitGroup
@@ -208,7 +155,7 @@ func ingest(c *apiClient, store string, in <-chan ingestDoc, batch, workers int,
 				var out struct {
 					ChunkCount int64 `json:"chunk_count"`
 				}
-				err := c.do("POST", "/v1/vector_stores/"+store+"/documents", map[string]any{"documents": b}, &out)
+				err := c.call("POST", "/v1/vector_stores/"+store+"/documents", map[string]any{"documents": b}, &out)
 				if err != nil {
 					firstErr.CompareAndSwap(nil, &err)
 					continue
@@ -292,10 +239,10 @@ func runIngest(env *Env, args []string) error {
 		fs.Usage()
 		return errors.New("need PATHs, an API key, and one of -store or -create")
 	}
-	c := &apiClient{base: *url, key: *key, http: &http.Client{Timeout: 10 * time.Minute}}
+	c := &client{base: *url, key: *key, http: &http.Client{Timeout: 10 * time.Minute}}
 	if *create != "" {
 		var vs struct{ ID string }
-		if err := c.do("POST", "/v1/vector_stores", map[string]any{"name": *create}, &vs); err != nil {
+		if err := c.call("POST", "/v1/vector_stores", map[string]any{"name": *create}, &vs); err != nil {
 			return fmt.Errorf("creating the vector store: %w", err)
 		}
 		*store = vs.ID
@@ -314,11 +261,4 @@ func runIngest(env *Env, args []string) error {
 	}
 	fmt.Fprintf(env.Stdout, "ingested %d documents (%d chunks) into %s\n", st.docs.Load(), st.chunks.Load(), *store)
 	return nil
-}
-
-func envOr(env *Env, name, def string) string {
-	if v := env.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }

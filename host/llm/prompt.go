@@ -3,9 +3,9 @@ package llm
 import (
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/plinth-dev/plinth/abi"
+	"github.com/plinth-dev/plinth/sdk/rag"
 )
 
 // The default prompt: retrieval-augmented generation with numbered citations. The host uses it for
@@ -63,51 +63,9 @@ func BuildPrompt(in *abi.PromptInput, o PromptOptions) abi.PromptOutput {
 	return abi.PromptOutput{Messages: msgs}
 }
 
-// SourcesMessage is the system message text: the instructions, a blank line, "Sources:", then each
-// chunk as a line "[n] title" followed by its text, chunks separated by blank lines.
+// SourcesMessage is the system message text of the default prompt (see sdk/rag.Sources).
 func SourcesMessage(instructions string, chunks []abi.SearchHit, maxChars int) string {
-	var b strings.Builder
-	b.WriteString(instructions)
-	b.WriteString("\n\nSources:")
-	left := maxChars
-	for i := range chunks {
-		if left <= 0 {
-			break
-		}
-		c := &chunks[i]
-		title := c.Filename
-		if title == "" {
-			title = c.DocumentID
-		}
-		text := strings.TrimSpace(c.Text)
-		if len(text) > left {
-			text = cutAt(text, left) + "..."
-		}
-		left -= len(text)
-		b.WriteString("\n\n[")
-		b.WriteString(strconv.Itoa(i + 1))
-		b.WriteString("] ")
-		b.WriteString(title)
-		b.WriteByte('\n')
-		b.WriteString(text)
-	}
-	return b.String()
-}
-
-// cutAt cuts s to at most n bytes, at a space when there is one in the last fifth, never inside a
-// UTF-8 sequence.
-func cutAt(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	s = s[:n]
-	if i := strings.LastIndexByte(s, ' '); i > n*4/5 {
-		s = s[:i]
-	}
-	return s
+	return rag.Sources(instructions, chunks, maxChars)
 }
 
 // CitedSources returns the source numbers cited as [n] in text (1-based), in order of first citation.

@@ -40,13 +40,7 @@ const VSIDLen = 3 + 32
 const MaxDocIDLen = 256
 
 // ValidVSID reports whether id has the vector store id format.
-func ValidVSID(id string) bool {
-	if len(id) != VSIDLen || !strings.HasPrefix(id, "vs_") {
-		return false
-	}
-	_, err := hex.DecodeString(id[3:])
-	return err == nil
-}
+func ValidVSID(id string) bool { return hexID(id, "vs_", 32) }
 
 // NewVSID returns a new random vector store id.
 func NewVSID() string {

@@ -22,11 +22,9 @@ package main
 
 import (
 	"errors"
-	"strconv"
-	"strings"
-	"unicode/utf8"
 
 	"github.com/plinth-dev/plinth/sdk"
+	"github.com/plinth-dev/plinth/sdk/rag"
 )
 
 // defaultInstructions open the system message (the same text as the host's default prompt).
@@ -72,7 +70,7 @@ func configure([]byte) error {
 func prompt(in *sdk.PromptInput) (sdk.PromptOutput, error) {
 	var msgs []sdk.Message
 	if len(in.Chunks) > 0 {
-		msgs = append(msgs, sdk.Message{Role: "system", Content: sources(cfg.Instructions, in.Chunks, cfg.MaxSourceChars)})
+		msgs = append(msgs, sdk.Message{Role: "system", Content: rag.Sources(cfg.Instructions, in.Chunks, cfg.MaxSourceChars)})
 	}
 	history := in.History
 	if len(history) > cfg.MaxHistory {
@@ -83,52 +81,6 @@ func prompt(in *sdk.PromptInput) (sdk.PromptOutput, error) {
 	out := sdk.PromptOutput{Messages: msgs, Model: cfg.Model}
 	out.Params.Temperature = cfg.Temperature
 	return out, nil
-}
-
-// sources is the system message: the instructions, then each chunk as "[n] title" and its text, within
-// a budget of maxChars bytes of chunk text (the best chunks come first; later ones are cut or left out).
-func sources(instructions string, chunks []sdk.SearchHit, maxChars int) string {
-	var b strings.Builder
-	b.WriteString(instructions)
-	b.WriteString("\n\nSources:")
-	left := maxChars
-	for i, c := range chunks {
-		if left <= 0 {
-			break
-		}
-		title := c.Filename
-		if title == "" {
-			title = c.DocumentID
-		}
-		text := strings.TrimSpace(c.Text)
-		if len(text) > left {
-			text = cutAt(text, left) + "..."
-		}
-		left -= len(text)
-		b.WriteString("\n\n[")
-		b.WriteString(strconv.Itoa(i + 1))
-		b.WriteString("] ")
-		b.WriteString(title)
-		b.WriteByte('\n')
-		b.WriteString(text)
-	}
-	return b.String()
-}
-
-// cutAt cuts s to at most n bytes, at a space when there is one in the last fifth, never inside a
-// UTF-8 sequence.
-func cutAt(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	s = s[:n]
-	if i := strings.LastIndexByte(s, ' '); i > n*4/5 {
-		s = s[:i]
-	}
-	return s
 }
 
 func init() {
