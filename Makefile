@@ -15,7 +15,9 @@ all: build
 ## plugins: build the first-party plugins (plugins/*) to Wasm, embedded by the binary's default setup
 plugins: $(PLUGINS:%=$(EMBED_DIR)/%.wasm)
 
-$(EMBED_DIR)/%.wasm: plugins/%/*.go sdk/*.go abi/*.go
+GUEST_SRC := $(shell find sdk abi -name '*.go' -not -name '*_test.go')
+
+$(EMBED_DIR)/%.wasm: plugins/%/*.go $(GUEST_SRC)
 	cd plugins/$* && GOOS=wasip1 GOARCH=wasm CGO_ENABLED=0 $(GO) build -buildmode=c-shared -buildvcs=false -trimpath -o ../../$@ .
 
 ## build: the plinth binary, with the first-party plugins embedded
