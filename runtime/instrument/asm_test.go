@@ -382,6 +382,120 @@ func modBulk() []byte {
 	})
 }
 
+// modExits exercises every way out of a call-free loop (a region, where
+// the countdown lives in a local; see code.go) and the invariant that the
+// countdown global is exact whenever the host runs: return, br and br_if
+// to the function's label, br_table mixing inner and outer targets,
+// return_call, a region inside a loop with calls, host calls between
+// regions, unreachable and an out-of-bounds trap. floats keeps float,
+// NaN and v128 bit patterns in locals across ticks (the tick path
+// rewrites every local, see buildRefresh).
+//
+// Functions: 0 = import env.peek (records the countdown), 1 inner, 2
+// retin, 3 brfn, 4 brtbl, 5 tailout, 6 nestcall, 7 peek, 8 floats, 9
+// trapin, 10 oob.
+func modExits() []byte {
+	types := [][]byte{
+		typeVoid,                             // 0
+		typeI32,                              // 1
+		functype([]byte{tI32}, nil),          // 2
+		functype([]byte{tI32}, []byte{tI64}), // 3
+	}
+	dec0 := cat(opLocalGet, 0, opI32Const, 1, opI32Sub, opLocalTee, 0) // n--, leaves n
+	// inner(n): counts n down to 0 in a loop, returns 0.
+	inner := fbody(nil, opLoop, tEmpty, dec0, opBrIf, 0, opEnd, opLocalGet, 0, opEnd)
+	// retin(n): calls inner(1) first, then returns 2*i from inside the loop
+	// once i reaches n.
+	retin := fbody([][2]int{{1, tI32}},
+		opI32Const, 1, opCall, 1, opDrop,
+		opLoop, tEmpty,
+		opLocalGet, 1, opI32Const, 1, opI32Add, opLocalTee, 1,
+		opLocalGet, 0, opI32GeU,
+		opIf, tEmpty, opLocalGet, 1, opI32Const, 2, opI32Mul, opReturn, opEnd,
+		opBr, 0,
+		opEnd, opI32Const, s32(-1), opEnd)
+	// brfn(n): leaves the function with 7 through br to its label.
+	brfn := fbody(nil,
+		opLoop, tEmpty, dec0, opI32Eqz,
+		opIf, tEmpty, opI32Const, 7, opBr, 2, opEnd,
+		opBr, 0, opEnd, opI32Const, 0, opEnd)
+	// brtbl(n), n >= 1: br_table continues the loop, leaves it for the
+	// enclosing block when n reaches 0, or returns when n reaches 50.
+	brtbl := fbody(nil,
+		opBlock, tEmpty, opLoop, tEmpty,
+		dec0, opI32Const, 50, opI32Eq, opI32Const, 1, opI32Shl,
+		opLocalGet, 0, opI32Eqz, opI32Add,
+		opBrTable, vec([]byte{0}, []byte{1}, []byte{2}), 0,
+		opEnd, opEnd,
+		opI32Const, 0, opLocalGet, 0, opI32Store, 2, 0, opEnd)
+	// tailout(n), n > 10: counts down, then tail-calls inner(10) from
+	// inside the loop.
+	tailout := fbody(nil,
+		opLoop, tEmpty, dec0, opI32Const, 10, opI32GtU, opBrIf, 0,
+		opLocalGet, 0, opReturnCall, 1,
+		opEnd, opI32Const, 0, opEnd)
+	// nestcall(n): an outer loop calling inner(n) around a call-free inner
+	// loop that continues the outer loop or leaves for a block.
+	nestcall := fbody([][2]int{{1, tI32}},
+		opLoop, tEmpty,
+		opLocalGet, 0, opCall, 1, opDrop,
+		opBlock, tEmpty, opLoop, tEmpty, // labels: 0 inner loop, 1 block, 2 outer loop
+		opLocalGet, 1, opI32Const, 1, opI32Add, opLocalTee, 1,
+		opI32Const, 7, opI32RemU, opI32Eqz, opBrIf, 2,
+		opLocalGet, 1, opI32Const, 3, opI32RemU, opI32Eqz, opBrIf, 1,
+		opBr, 0,
+		opEnd, opEnd,
+		dec0, opBrIf, 0,
+		opEnd, opLocalGet, 1, opEnd)
+	// peek(n): a loop of n, a host call, a loop of 5, a host call.
+	peek := fbody(nil,
+		opLoop, tEmpty, dec0, opBrIf, 0, opEnd,
+		opCall, 0,
+		opI32Const, 5, opLocalSet, 0,
+		opLoop, tEmpty, dec0, opBrIf, 0, opEnd,
+		opCall, 0,
+		opI32Const, 1, opEnd)
+	// floats(n): NaNs with payloads, a v128 and an i64 in locals survive n
+	// iterations; returns their bits xored together.
+	var v128 [16]byte
+	for i := range v128 {
+		v128[i] = byte(0xa0 + i)
+	}
+	floats := fbody([][2]int{{1, 0x7d}, {1, 0x7c}, {1, tV128}, {1, tI64}},
+		0x43, 0x01, 0x00, 0xa0, 0xff, opLocalSet, 1, // f32.const (bits 0xffa00001: negative signalling NaN)
+		0x44, 0x23, 0x01, 0, 0, 0, 0, 0xf4, 0x7f, opLocalSet, 2, // f64.const (bits 0x7ff4000000000123)
+		opSIMD, u(12), v128[:], opLocalSet, 3,
+		opI64Const, s64(0x123456788), opLocalSet, 4,
+		opLoop, tEmpty, dec0, opBrIf, 0, opEnd,
+		opLocalGet, 1, 0xbc, opI64ExtendI32, // i32.reinterpret_f32, i64.extend_i32_u
+		opLocalGet, 2, 0xbd, 0x85, // i64.reinterpret_f64, i64.xor
+		opLocalGet, 3, opSIMD, u(0x1d), 1, 0x85, // i64x2.extract_lane 1, i64.xor
+		opLocalGet, 4, 0x85,
+		opEnd)
+	// trapin(n), oob(n): trap inside the loop when n reaches 0, through
+	// unreachable or an out-of-bounds load.
+	trapAt := func(trap ...any) []byte {
+		return fbody(nil,
+			opLoop, tEmpty, dec0, opI32Eqz,
+			opIf, tEmpty, cat(trap...), opEnd,
+			opBr, 0, opEnd, opI32Const, 0, opEnd)
+	}
+	trapin := trapAt(opUnreachable)
+	oob := trapAt(opI32Const, s32(-16), opI32Load, 2, 0, opDrop)
+	exports := [][]byte{}
+	for i, name := range []string{"inner", "retin", "brfn", "brtbl", "tailout", "nestcall", "peek", "floats", "trapin", "oob"} {
+		exports = append(exports, exportFunc(name, uint32(i+1)))
+	}
+	return wasmModule(
+		sec(secType, vec(types...)),
+		sec(secImport, vec(cat(str("env"), str("peek"), 0x00, u(0)))),
+		sec(secFunction, vec(u(1), u(1), u(1), u(2), u(1), u(1), u(1), u(3), u(1), u(1))),
+		sec(secMemory, vec(cat(0x00, u(1)))),
+		sec(secExport, vec(exports...)),
+		sec(secCode, vec(inner, retin, brfn, brtbl, tailout, nestcall, peek, floats, trapin, oob)),
+	)
+}
+
 // handModules lists the hand-assembled modules by name.
 func handModules() map[string][]byte {
 	return map[string][]byte{
@@ -393,5 +507,6 @@ func handModules() map[string][]byte {
 		"tables":     modTables(),
 		"simd":       modSIMD(),
 		"bulk":       modBulk(),
+		"exits":      modExits(),
 	}
 }

@@ -58,11 +58,9 @@ func FuzzInstrument(f *testing.F) {
 		}
 		ctx := context.Background()
 		rt := validator()
-		in, err := rt.CompileModule(ctx, wasm)
-		if err != nil {
+		if !wazeroAccepts(ctx, rt, wasm) {
 			return // wazero rejects the input: nothing to preserve
 		}
-		in.Close(ctx)
 		cm, err := rt.CompileModule(ctx, out)
 		if err != nil {
 			t.Fatalf("wazero compiles the input but not the instrumented output: %v", err)
@@ -83,7 +81,7 @@ func implausibleCounts(wasm []byte) bool {
 			// wazero also sizes name maps by their declared counts.
 			r := m.reader(s)
 			if name := r.name(); r.err == nil && string(name) == "name" {
-				if _, ok := m.names(r.b[r.pos:]); !ok {
+				if _, ok := m.names(r.b[r.pos:]); !ok || !wazeroNamesPlausible(r.b[r.pos:]) {
 					return true
 				}
 			}
@@ -98,4 +96,69 @@ func implausibleCounts(wasm []byte) bool {
 		}
 	}
 	return false
+}
+
+// wazeroNamesPlausible reads a name section the way wazero does (it reads
+// the module, function and local name subsections without regard to their
+// declared sizes) and reports whether every count it would allocate for
+// fits in the bytes left.
+func wazeroNamesPlausible(b []byte) bool {
+	r := newReader(b, 0)
+	fits := func(n uint32) bool { return r.err == nil && int(n) <= len(r.b)-r.pos }
+	for r.more() {
+		id := r.byte()
+		size := r.u32()
+		switch id {
+		case 0:
+			r.name()
+		case 1:
+			n := r.u32()
+			if !fits(n) {
+				return false
+			}
+			for range n {
+				r.u32()
+				r.name()
+			}
+		case 2:
+			n := r.u32()
+			if !fits(n) {
+				return false
+			}
+			for range n {
+				r.u32()
+				k := r.u32()
+				if !fits(k) {
+					return false
+				}
+				for range k {
+					r.u32()
+					r.name()
+				}
+			}
+		default:
+			r.bytes(int(size))
+		}
+		if r.err != nil {
+			return true // wazero fails the same way, before allocating
+		}
+	}
+	return true
+}
+
+// wazeroAccepts reports whether wazero compiles wasm. wazero v1.12.0's
+// validator panics on some invalid modules (a function whose type index is
+// out of range) instead of returning an error; that is a rejection too.
+func wazeroAccepts(ctx context.Context, rt wazero.Runtime, wasm []byte) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	cm, err := rt.CompileModule(ctx, wasm)
+	if err != nil {
+		return false
+	}
+	cm.Close(ctx)
+	return true
 }

@@ -59,8 +59,11 @@ var errDeadline = errors.New("guest exceeded its deadline")
 // callState is the per-call state a host keeps for tick: how often tick ran
 // and when the call must stop.
 type callState struct {
-	ticks    int64
-	deadline time.Time // zero: never abort
+	ticks      int64
+	deadline   time.Time // zero: never abort
+	hostWork   []int64   // work so far (from ticks and the countdown global) when env.peek ran
+	tickGlobal []int32   // the countdown global when tick ran, if peekTicks
+	peekTicks  bool
 }
 
 type callKey struct{}
@@ -70,12 +73,15 @@ func withCall(ctx context.Context, st *callState) context.Context {
 }
 
 // tick is the host side of the injected import.
-func tick(ctx context.Context, _ []uint64) {
+func tick(ctx context.Context, mod api.Module, _ []uint64) {
 	st, _ := ctx.Value(callKey{}).(*callState)
 	if st == nil {
 		return
 	}
 	st.ticks++
+	if st.peekTicks {
+		st.tickGlobal = append(st.tickGlobal, int32(mod.ExportedGlobal("plinth_countdown").Get()))
+	}
 	if !st.deadline.IsZero() && time.Now().After(st.deadline) {
 		panic(errDeadline)
 	}
@@ -113,7 +119,7 @@ func newRuntime(tb testing.TB, e engine, closeOnDone bool) wazero.Runtime {
 	tb.Cleanup(func() { rt.Close(ctx) })
 	wasi_snapshot_preview1.MustInstantiate(ctx, rt)
 	_, err := rt.NewHostModuleBuilder("plinth").
-		NewFunctionBuilder().WithGoFunction(api.GoFunc(tick), nil, nil).Export("tick").
+		NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(tick), nil, nil).Export("tick").
 		Instantiate(ctx)
 	if err != nil {
 		tb.Fatal(err)
@@ -122,6 +128,13 @@ func newRuntime(tb testing.TB, e engine, closeOnDone bool) wazero.Runtime {
 		NewFunctionBuilder().WithGoFunction(api.GoFunc(func(_ context.Context, stack []uint64) {
 		stack[0] = uint64(uint32(stack[0]) + 1)
 	}), []api.ValueType{api.ValueTypeI32}, []api.ValueType{api.ValueTypeI32}).Export("add1").
+		// peek records the work so far as a host function sees it.
+		NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, _ []uint64) {
+		st, _ := ctx.Value(callKey{}).(*callState)
+		if g := mod.ExportedGlobal("plinth_countdown"); st != nil && g != nil {
+			st.hostWork = append(st.hostWork, st.ticks*DefaultInterval+DefaultInterval-int64(int32(g.Get())))
+		}
+	}), nil, nil).Export("peek").
 		Instantiate(ctx)
 	if err != nil {
 		tb.Fatal(err)
@@ -175,13 +188,16 @@ func (in *instance) call(ctx context.Context, st *callState, name string, args .
 	return res, work, err
 }
 
-func mustInstrument(tb testing.TB, wasm []byte, place placement) []byte {
+func mustInstrument(tb testing.TB, wasm []byte, f form) []byte {
 	tb.Helper()
 	cfg, err := resolve(Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg.place = place
+	cfg.place, cfg.counter, cfg.noRefresh = f.place, f.counter, f.noRefresh
+	if f.unroll != 0 {
+		cfg.unroll = f.unroll
+	}
 	out, err := instrument(wasm, cfg)
 	if err != nil {
 		tb.Fatal(err)

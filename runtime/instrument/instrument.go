@@ -18,6 +18,21 @@
 //	ticks*Interval + (Interval - countdown after the call)
 //
 // header checks, where ticks is how often tick ran during the call.
+//
+// Inside loops that make no calls, the countdown lives in a function local
+// (a register) instead of the global, and is written back to the global on
+// every way out of the loop and before tick; elsewhere the checks work on
+// the global directly. Either way the exported global holds the true
+// countdown whenever the host runs: during tick and any other host function,
+// and after the call returned (see code.go). Only a trap other than
+// unreachable inside such a loop can leave up to Interval+4 checks out of
+// the global, on an instance the host discards anyway.
+//
+// Small loops without calls are also unrolled into 4 copies of their body
+// that each decrement the countdown, with only the first testing it: a tick
+// can come up to 3 iterations late and the countdown can end a little
+// below zero, but the work measured stays exact, because a tick adds
+// Interval to the countdown instead of setting it.
 package instrument
 
 import (
@@ -71,6 +86,20 @@ const (
 	placeInline
 )
 
+// counterForm selects where instrumented code keeps the countdown between
+// checks. It exists so the tests and benchmarks can compare the forms;
+// Instrument always uses counterAuto.
+type counterForm int
+
+const (
+	// counterAuto keeps the countdown in a local inside loops without
+	// calls ("regions", see code.go for the invariant) and checks the
+	// global everywhere else.
+	counterAuto counterForm = iota
+	// counterGlobal decrements and tests the global at every check.
+	counterGlobal
+)
+
 // config is the resolved form of Options plus internal knobs.
 type config struct {
 	interval   int32
@@ -78,6 +107,9 @@ type config struct {
 	importName string
 	counterExp string
 	place      placement
+	counter    counterForm
+	noRefresh  bool // benchmarks only: leave the tick path's locals alone (see buildRefresh)
+	unroll     int  // copies of a small loop's body per check (see code.go); 1 or less: no unrolling
 }
 
 // Instrument returns a rewritten copy of the module. wasm is not modified.
@@ -114,6 +146,7 @@ func resolve(opts Options) (config, error) {
 	if cfg.interval == 0 {
 		cfg.interval = DefaultInterval
 	}
+	cfg.unroll = defaultUnroll
 	if cfg.importMod == "" {
 		cfg.importMod = "plinth"
 	}

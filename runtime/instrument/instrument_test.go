@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -13,10 +14,48 @@ import (
 	"github.com/tetratelabs/wazero"
 )
 
-var placements = []struct {
-	name  string
-	place placement
-}{{"hoisted", placeAuto}, {"inline", placeInline}}
+// form is one way to instrument: where loop checks put their tick call and
+// where the countdown lives. Instrument always uses production; the others
+// exist for comparison and must behave (and meter) identically. The -global
+// forms are the rewrite as it was before call-free loops kept the countdown
+// in a local: every check on the global.
+type form struct {
+	name      string
+	place     placement
+	counter   counterForm
+	noRefresh bool
+	unroll    int // zero: the default
+}
+
+var production = form{"hoisted", placeAuto, counterAuto, false, 0}
+
+// forms are the forms the tests run.
+var forms = []form{
+	production,
+	{"inline", placeInline, counterAuto, false, 0},
+	{"hoisted-global", placeAuto, counterGlobal, false, 1},
+	{"inline-global", placeInline, counterGlobal, false, 1},
+	{"hoisted-unroll2", placeAuto, counterAuto, false, 2},
+}
+
+// benchForms adds forms that only the benchmarks compare.
+var benchForms = append(forms[:len(forms):len(forms)],
+	form{"hoisted-nounroll", placeAuto, counterAuto, false, 1},
+	form{"hoisted-norefresh", placeAuto, counterAuto, true, 1}, // neither unrolling nor buildRefresh
+)
+
+// lag is how many iterations a tick can come late in f (1: none): unrolled
+// loops only test every unroll-th decrement. Only the hoisted placement
+// with regions unrolls.
+func (f form) lag() int {
+	switch {
+	case f.place != placeAuto || f.counter != counterAuto:
+		return 1
+	case f.unroll == 0:
+		return defaultUnroll
+	}
+	return f.unroll
+}
 
 func sortedNames(m map[string][]byte) []string {
 	var names []string
@@ -28,7 +67,7 @@ func sortedNames(m map[string][]byte) []string {
 }
 
 // TestHandModulesCompile checks that every hand-assembled module is valid
-// before and after instrumentation, for both engines and both placements.
+// before and after instrumentation, for both engines and every form.
 func TestHandModulesCompile(t *testing.T) {
 	mods := handModules()
 	for _, e := range []engine{compiler, interpreter} {
@@ -37,8 +76,8 @@ func TestHandModulesCompile(t *testing.T) {
 			if _, err := rt.CompileModule(context.Background(), mods[name]); err != nil {
 				t.Fatalf("engine %d: input module %s is invalid (test assembler bug): %v", e, name, err)
 			}
-			for _, p := range placements {
-				out := mustInstrument(t, mods[name], p.place)
+			for _, p := range forms {
+				out := mustInstrument(t, mods[name], p)
 				if _, err := rt.CompileModule(context.Background(), out); err != nil {
 					t.Errorf("engine %d: %s/%s: instrumented module does not compile: %v", e, name, p.name, err)
 				}
@@ -71,16 +110,35 @@ var handCases = []handCase{
 	{"tables", "viaref", []uint64{5}, []uint64{14*6 + 42}},
 	{"simd", "simd", []uint64{5}, nil},
 	{"bulk", "bulk", []uint64{3}, nil},
+	// Region exits; the 40000-iteration cases tick twice on the way.
+	{"exits", "retin", []uint64{5}, []uint64{10}},
+	{"exits", "retin", []uint64{40000}, []uint64{80000}},
+	{"exits", "brfn", []uint64{3}, []uint64{7}},
+	{"exits", "brfn", []uint64{40000}, []uint64{7}},
+	{"exits", "brtbl", []uint64{30}, []uint64{}},
+	{"exits", "brtbl", []uint64{40000}, []uint64{}},
+	{"exits", "tailout", []uint64{40000}, []uint64{0}},
+	{"exits", "nestcall", []uint64{30}, nil},
+	{"exits", "nestcall", []uint64{3000}, nil},
+	{"exits", "peek", []uint64{20000}, []uint64{1}},
+	{"exits", "floats", []uint64{50000}, []uint64{0xffa00001 ^ 0x7ff4000000000123 ^ 0xafaeadacabaaa9a8 ^ 0x123456788}}, // 3 ticks
 }
 
 // TestHandModulesBehave runs the hand-assembled functions on the original and
-// the instrumented modules and compares results (and known answers).
+// the instrumented modules and compares results (and known answers). Every
+// form must meter exactly the work the original rewrite (hoisted-global)
+// meters, also when env.peek looks in the middle of a call: the global is
+// exact whenever the host runs. Tick counts match too, up to unrolling's
+// delays, and tick sees the countdown exhausted (not a stale value).
 func TestHandModulesBehave(t *testing.T) {
 	mods := handModules()
 	ctx := context.Background()
+	ref := slices.IndexFunc(forms, func(f form) bool { return f.name == "hoisted-global" })
 	for _, e := range []engine{compiler, interpreter} {
 		rt := newRuntime(t, e, false)
 		for _, c := range handCases {
+			works := make([]int64, len(forms))
+			sts := make([]*callState, len(forms))
 			orig := instantiate(t, rt, mods[c.mod])
 			want, _, err := orig.call(ctx, &callState{}, c.fn, c.args...)
 			if err != nil {
@@ -89,11 +147,12 @@ func TestHandModulesBehave(t *testing.T) {
 			if c.want != nil && fmt.Sprint(want) != fmt.Sprint(c.want) {
 				t.Fatalf("%s.%s%v on the original = %v, want %v (test bug)", c.mod, c.fn, c.args, want, c.want)
 			}
-			for _, p := range placements {
-				in := instantiate(t, rt, mustInstrument(t, mods[c.mod], p.place))
+			for i, p := range forms {
+				in := instantiate(t, rt, mustInstrument(t, mods[c.mod], p))
 				// A deadline turns a miswired branch (an endless loop) into a
 				// failure instead of a hung test.
-				got, work, err := in.call(ctx, &callState{deadline: time.Now().Add(10 * time.Second)}, c.fn, c.args...)
+				st := &callState{deadline: time.Now().Add(10 * time.Second), peekTicks: true}
+				got, work, err := in.call(ctx, st, c.fn, c.args...)
 				if err != nil {
 					t.Fatalf("%s.%s%v %s: %v", c.mod, c.fn, c.args, p.name, err)
 				}
@@ -103,6 +162,21 @@ func TestHandModulesBehave(t *testing.T) {
 				if work <= 0 {
 					t.Errorf("%s.%s%v %s: work %d, want > 0", c.mod, c.fn, c.args, p.name, work)
 				}
+				for _, g := range st.tickGlobal {
+					if g > 0 || g <= -int32(p.lag()) {
+						t.Errorf("engine %d: %s.%s%v %s: tick saw countdown %d, want 0 down to %d", e, c.mod, c.fn, c.args, p.name, g, 1-p.lag())
+						break
+					}
+				}
+				works[i], sts[i] = work, st
+			}
+			for i, p := range forms {
+				w, st, st0 := works[i], sts[i], sts[ref]
+				if w != works[ref] || fmt.Sprint(st.hostWork) != fmt.Sprint(st0.hostWork) ||
+					st.ticks > st0.ticks || st.ticks < st0.ticks-int64(p.lag()-1) {
+					t.Errorf("engine %d: %s.%s%v: %s metered work %d (host saw %v) ticks %d; %s %d (%v) %d",
+						e, c.mod, c.fn, c.args, p.name, w, st.hostWork, st.ticks, forms[ref].name, works[ref], st0.hostWork, st0.ticks)
+				}
 			}
 		}
 	}
@@ -110,22 +184,30 @@ func TestHandModulesBehave(t *testing.T) {
 
 // TestExactWork pins the check placement: a loop of n iterations in a
 // function that starts with the loop does n checks (the entry check is
-// elided), and tree(k) makes 2^(k+1)-1 calls with no loop at all.
+// elided), unrolled or not, and tree(k) makes 2^(k+1)-1 calls with no loop
+// at all.
 func TestExactWork(t *testing.T) {
 	mods := handModules()
 	ctx := context.Background()
 	rt := newRuntime(t, compiler, false)
-	for _, p := range placements {
-		spin := instantiate(t, rt, mustInstrument(t, mods["spinbr"], p.place))
-		tree := instantiate(t, rt, mustInstrument(t, mods["recursion"], p.place))
+	for _, p := range forms {
+		spin := instantiate(t, rt, mustInstrument(t, mods["spinbr"], p))
+		tree := instantiate(t, rt, mustInstrument(t, mods["recursion"], p))
 		for _, n := range []int64{1, 1000, DefaultInterval - 1, DefaultInterval, DefaultInterval + 1, 1_000_003} {
 			st := &callState{}
 			_, work, err := spin.call(ctx, st, "count", uint64(n))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if work != n || st.ticks != n/DefaultInterval {
-				t.Errorf("%s: count(%d): work %d ticks %d, want work %d ticks %d", p.name, n, work, st.ticks, n, n/DefaultInterval)
+			// Unrolling can delay a tick by up to lag-1 iterations: count
+			// is unrolled, and its Interval-th iteration runs in a copy of
+			// the body that decrements without testing.
+			wantTicks := n / DefaultInterval
+			if p.lag() > 1 && n == DefaultInterval {
+				wantTicks = 0
+			}
+			if work != n || st.ticks > n/DefaultInterval || st.ticks < (n-int64(p.lag()-1))/DefaultInterval || st.ticks != wantTicks && n == DefaultInterval {
+				t.Errorf("%s: count(%d): work %d ticks %d, want work %d ticks %d", p.name, n, work, st.ticks, n, wantTicks)
 			}
 		}
 		for _, k := range []int64{0, 5, 16} {
@@ -141,6 +223,41 @@ func TestExactWork(t *testing.T) {
 	}
 }
 
+// TestTrapWork: a trap inside a call-free loop. unreachable writes the
+// local countdown back first, so metering stays exact; other traps lose at
+// most the decrements since the loop was entered or last ticked
+// (Interval+unroll), on an instance the host discards anyway.
+func TestTrapWork(t *testing.T) {
+	ctx := context.Background()
+	rt := newRuntime(t, compiler, false)
+	const n = 20000 // ticks once, then traps 20000-16384 headers later
+	for _, fn := range []string{"trapin", "oob"} {
+		for _, p := range forms {
+			in := instantiate(t, rt, mustInstrument(t, modExits(), p))
+			st := &callState{}
+			_, work, err := in.call(ctx, st, fn, n)
+			if err == nil {
+				t.Fatalf("%s %s: no trap", fn, p.name)
+			}
+			if st.ticks != 1 {
+				t.Errorf("%s %s: %d ticks, want 1", fn, p.name, st.ticks)
+			}
+			if p.counter == counterGlobal {
+				if work != n { // the all-global forms count every header
+					t.Errorf("%s %s: work %d, want %d", fn, p.name, work, n)
+				}
+				continue
+			}
+			if fn == "trapin" && work != n {
+				t.Errorf("%s %s: work %d, want %d (exact)", fn, p.name, work, n)
+			}
+			if lost := n - work; lost < 0 || lost > DefaultInterval+int64(p.lag()) {
+				t.Errorf("%s %s: work %d, want within %d below %d", fn, p.name, work, DefaultInterval+p.lag(), n)
+			}
+		}
+	}
+}
+
 // TestRenumbering checks that imports, exports, the start function, element
 // segments and the name section follow the inserted tick import.
 func TestRenumbering(t *testing.T) {
@@ -150,7 +267,7 @@ func TestRenumbering(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := mustInstrument(t, modTables(), placeAuto)
+	out := mustInstrument(t, modTables(), production)
 	inst, err := rt.CompileModule(ctx, out)
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +313,7 @@ func TestRenumbering(t *testing.T) {
 
 // TestTypeReuse: an existing () -> () type is reused, not duplicated.
 func TestTypeReuse(t *testing.T) {
-	out := mustInstrument(t, modBulk(), placeAuto)
+	out := mustInstrument(t, modBulk(), production)
 	m := &module{wasm: out, appendType: true}
 	if err := m.splitSections(); err != nil {
 		t.Fatal(err)

@@ -41,9 +41,11 @@ type section struct {
 }
 
 // funcType holds what the code rewrite needs of a function type: the number
-// of parameters and results, for type-index block types.
+// of parameters and results, for type-index block types, and the parameter
+// types (aliasing the input), for the locals of functions of this type.
 type funcType struct {
 	params, results int
+	paramTypes      []byte
 }
 
 // module holds what the rewrite needs to know about the input module.
@@ -60,9 +62,10 @@ type module struct {
 
 	funcImports   uint32 // imported functions; also the index of the tick import
 	globalImports uint32
-	globals       uint32 // defined globals
-	definedFuncs  uint32 // entries in the function section
-	counter       uint32 // index of the injected countdown global
+	globals       uint32   // defined globals
+	definedFuncs  uint32   // entries in the function section
+	funcTypes     []uint32 // type index of each defined function
+	counter       uint32   // index of the injected countdown global
 }
 
 func errAt(off int, format string, args ...any) *Error {
@@ -138,8 +141,9 @@ func (m *module) scan() *Error {
 			m.scanImports(r)
 		case secFunction:
 			n := r.count(1)
-			for i := 0; i < n; i++ {
-				r.u32()
+			m.funcTypes = make([]uint32, 0, n)
+			for i := 0; i < n && r.err == nil; i++ {
+				m.funcTypes = append(m.funcTypes, r.u32())
 			}
 			m.definedFuncs = uint32(n)
 			r.end("function")
@@ -215,9 +219,11 @@ func (m *module) scanTypes(r *reader) {
 		}
 		var ft funcType
 		ft.params = r.count(1)
+		pt := r.pos
 		for j := 0; j < ft.params; j++ {
 			r.valType()
 		}
+		ft.paramTypes = r.b[pt:r.pos]
 		ft.results = r.count(1)
 		for j := 0; j < ft.results; j++ {
 			r.valType()
@@ -307,8 +313,19 @@ func (m *module) emit() ([]byte, *Error) {
 			}
 		}
 	}
+	// Sections injected at the end go before trailing custom sections, so
+	// a custom section that ended the input still ends the output: wazero
+	// reads a malformed "name" section past its end into whatever follows
+	// it, and would reject an output it accepted as input.
+	trailing := len(m.sections)
+	for trailing > 0 && m.sections[trailing-1].id == secCustom {
+		trailing--
+	}
 	var err *Error
-	for _, s := range m.sections {
+	for i, s := range m.sections {
+		if i == trailing {
+			injectBefore(1 << 30)
+		}
 		if s.id == secCustom {
 			out, err = m.emitCustom(out, s)
 			if err != nil {
