@@ -113,8 +113,15 @@ func captures(segs []string, path []byte) []abi.Pair {
 	return out
 }
 
-// listModels serves GET /v1/models: the models the tenant's chat completions can use.
+// listModels serves GET /v1/models: the models the tenant's chat completions can use. The answer only
+// changes with the tenant's configuration, which only changes with a new state, so it is rendered once
+// per tenant and state.
 func (s *Server) listModels(rc *reqCtx) {
+	if b := rc.trt.modelsJSON.Load(); b != nil {
+		rc.ctx.SetContentType("application/json")
+		rc.ctx.SetBody(*b)
+		return
+	}
 	type model struct {
 		ID      string `json:"id"`
 		Object  string `json:"object"`
@@ -128,7 +135,14 @@ func (s *Server) listModels(rc *reqCtx) {
 	for _, m := range s.models(rc) {
 		list.Data = append(list.Data, model{ID: m.ID, Object: "model", Created: m.Created, OwnedBy: m.OwnedBy})
 	}
-	writeJSON(rc.ctx, fasthttp.StatusOK, list)
+	b, err := json.Marshal(list)
+	if err != nil {
+		writeError(rc.ctx, errInternal("encoding the response: "+err.Error()))
+		return
+	}
+	rc.trt.modelsJSON.Store(&b)
+	rc.ctx.SetContentType("application/json")
+	rc.ctx.SetBody(b)
 }
 
 // writeJSON answers with v as JSON.

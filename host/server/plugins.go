@@ -58,6 +58,8 @@ type tenantRT struct {
 	hooks   [8]*pluginRT  // bound plugin by abi.Hook
 	plugins map[string]*pluginRT
 	stats   *tenantStats
+	// modelsJSON caches the tenant's GET /v1/models answer for this state (see listModels).
+	modelsJSON atomic.Pointer[[]byte]
 }
 
 // state is one consistent configuration of the server: a tenant snapshot and its loaded plugins.
