@@ -223,12 +223,31 @@ func (inst *instance) invoke(fn api.Function, arg uint64) error {
 	inst.stack[0] = arg
 	ctx := context.Context(&inst.cctx)
 	if inst.pool.engine.cfg.Preemption == PreemptCloseOnDone {
-		// wazero closes the module when this context ends.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, monoBase.Add(inst.cctx.deadline))
+		// wazero closes the module when this context ends. It must not derive from &inst.cctx: the
+		// context package would watch a parent of a foreign type from a goroutine that can outlive the
+		// call and read the callCtx after end cleared it (or while the next call fills it in).
+		dctx, cancel := context.WithDeadline(context.Background(), monoBase.Add(inst.cctx.deadline))
 		defer cancel()
+		if caller := inst.cctx.Context; caller != nil && caller.Done() != nil {
+			defer context.AfterFunc(caller, cancel)()
+		}
+		ctx = callRef{dctx, &inst.cctx}
 	}
 	return fn.CallWithStack(ctx, inst.stack[:])
+}
+
+// callRef is the context of a close-on-done call: wazero watches its Done, and host functions find
+// the call state through Value.
+type callRef struct {
+	context.Context
+	c *callCtx
+}
+
+func (r callRef) Value(key any) any {
+	if key == (callCtxKey{}) {
+		return r.c
+	}
+	return r.c.Value(key)
 }
 
 // call runs one hook. Any error leaves the instance unusable (the pool discards it).

@@ -249,18 +249,68 @@ func TestLoopingGuestDoesNotStallGC(t *testing.T) {
 }
 
 func TestCallerCancellationStopsGuest(t *testing.T) {
-	e := newEngine(t, Config{})
-	p := newPool(t, e, hostileWasm(t), PoolConfig{Hooks: abi.HookSet(0).With(abi.HookRoute), Deadline: 10 * time.Second})
-	if err := p.Warm(context.Background(), 1); err != nil {
-		t.Fatal(err)
+	for _, pre := range preemptions {
+		t.Run(pre.String(), func(t *testing.T) {
+			e := newEngine(t, Config{Preemption: pre})
+			hooks := abi.HookSet(0).With(abi.HookRoute)
+			p := newPool(t, e, hostileWasm(t), PoolConfig{Hooks: hooks, Deadline: 10 * time.Second})
+			if err := p.Warm(context.Background(), 1); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(50*time.Millisecond, cancel)
+			start := time.Now()
+			_, err := p.Call(ctx, abi.HookRoute, routeReq("/loop"), sdktest.New(), nil)
+			var ce *CallError
+			if !errors.As(err, &ce) || ce.Kind != KindTimeout || time.Since(start) > time.Second {
+				t.Fatalf("err=%v after %v, want a timeout soon after cancellation", err, time.Since(start))
+			}
+		})
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(50*time.Millisecond, cancel)
-	start := time.Now()
-	_, err := p.Call(ctx, abi.HookRoute, routeReq("/loop"), sdktest.New(), nil)
-	var ce *CallError
-	if !errors.As(err, &ce) || ce.Kind != KindTimeout || time.Since(start) > time.Second {
-		t.Fatalf("err=%v after %v, want a timeout soon after cancellation", err, time.Since(start))
+}
+
+// foreignCtx is a cancellable context of a type the context package does not know, like
+// *fasthttp.RequestCtx: contexts derived from it are watched from a goroutine.
+type foreignCtx struct {
+	context.Context
+	done chan struct{}
+}
+
+func (c foreignCtx) Done() <-chan struct{} { return c.done }
+
+// TestCancellableCallerContextManyCalls runs short calls under a caller context that can be cancelled
+// but is not: whatever watches that context for the call must stop with the call, and never touch the
+// instance's reused call state afterwards (close-on-done once crashed the process that way).
+func TestCancellableCallerContextManyCalls(t *testing.T) {
+	for _, pre := range preemptions {
+		t.Run(pre.String(), func(t *testing.T) {
+			e := newEngine(t, Config{Preemption: pre})
+			p := newPool(t, e, echoWasm(t), PoolConfig{Hooks: abi.HookSet(0).With(abi.HookRoute)})
+			ctx := foreignCtx{context.Background(), make(chan struct{})}
+			base := goruntime.NumGoroutine()
+			var wg sync.WaitGroup
+			for w := 0; w < 4; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; i < 500; i++ {
+						if _, err := p.Call(ctx, abi.HookRoute, routeReq("/echo"), sdktest.New(), nil); err != nil {
+							t.Error(err)
+							return
+						}
+						goruntime.Gosched()
+					}
+				}()
+			}
+			wg.Wait()
+			deadline := time.Now().Add(5 * time.Second)
+			for goruntime.NumGoroutine() > base+2 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := goruntime.NumGoroutine(); n > base+2 {
+				t.Fatalf("%d goroutines after the calls, %d before", n, base)
+			}
+		})
 	}
 }
 
