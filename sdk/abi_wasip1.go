@@ -11,6 +11,10 @@ import (
 // This file is the guest side of the ABI: the exports the host calls and the raw host imports. Every
 // other file of the package calls the host through the host* functions, whose native twins are in
 // abi_native.go.
+//
+// The imports are //go:noescape: the host reads and writes the memory they point to only during the
+// call (docs/abi.md), so the compiler may keep keys, buffers and results on the guest's stack. Without
+// it every string or array passed to the host escapes to the heap, and allocation is slow in Go on Wasm.
 
 //go:wasmexport plinth_abi_version
 func exportABIVersion() int32 { return abi.Version }
@@ -55,15 +59,19 @@ func dispatch(hook abi.Hook, inputLen int32) int64 {
 func ptr(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }
 
 //go:wasmimport plinth input
+//go:noescape
 func _input(buf unsafe.Pointer, limit uint32) int32
 
 //go:wasmimport plinth log
+//go:noescape
 func _log(level int32, msg unsafe.Pointer, msgLen uint32)
 
 //go:wasmimport plinth config
+//go:noescape
 func _config(buf unsafe.Pointer, limit uint32) int32
 
 //go:wasmimport plinth rl_take
+//go:noescape
 func _rlTake(key unsafe.Pointer, keyLen uint32, limit, periodMs, burst, cost int64, out unsafe.Pointer) int32
 
 func hostLog(level int32, msg []byte) { _log(level, ptr(msg), uint32(len(msg))) }
@@ -75,21 +83,27 @@ func hostRLTake(key []byte, limit, periodMs, burst, cost int64, out []byte) int3
 }
 
 //go:wasmimport plinth kv_get
+//go:noescape
 func _kvGet(key unsafe.Pointer, keyLen uint32, buf unsafe.Pointer, limit uint32) int32
 
 //go:wasmimport plinth kv_put
+//go:noescape
 func _kvPut(key unsafe.Pointer, keyLen uint32, val unsafe.Pointer, valLen uint32, ttlMs int64) int32
 
 //go:wasmimport plinth kv_delete
+//go:noescape
 func _kvDelete(key unsafe.Pointer, keyLen uint32) int32
 
 //go:wasmimport plinth kv_incr
+//go:noescape
 func _kvIncr(key unsafe.Pointer, keyLen uint32, delta, ttlMs int64, out unsafe.Pointer) int32
 
 //go:wasmimport plinth kv_cas
+//go:noescape
 func _kvCAS(key unsafe.Pointer, keyLen uint32, old unsafe.Pointer, oldLen int32, new unsafe.Pointer, newLen int32, ttlMs int64) int32
 
 //go:wasmimport plinth kv_scan
+//go:noescape
 func _kvScan(req unsafe.Pointer, reqLen uint32, buf unsafe.Pointer, limit uint32) int32
 
 func hostKVGet(key, buf []byte) int32 {
@@ -123,21 +137,26 @@ func hostKVScan(req, buf []byte) int32 {
 }
 
 //go:wasmimport plinth search
+//go:noescape
 func _search(req unsafe.Pointer, reqLen uint32, buf unsafe.Pointer, limit uint32) int32
 
 //go:wasmimport plinth llm_open
+//go:noescape
 func _llmOpen(req unsafe.Pointer, reqLen uint32) int32
 
 //go:wasmimport plinth llm_read
+//go:noescape
 func _llmRead(handle int32, buf unsafe.Pointer, limit uint32) int32
 
 //go:wasmimport plinth llm_close
 func _llmClose(handle int32) int32
 
 //go:wasmimport plinth resp_start
+//go:noescape
 func _respStart(resp unsafe.Pointer, respLen uint32) int32
 
 //go:wasmimport plinth resp_write
+//go:noescape
 func _respWrite(data unsafe.Pointer, dataLen uint32) int32
 
 func hostSearch(req, buf []byte) int32 {

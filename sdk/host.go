@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/plinth-dev/plinth/abi"
@@ -111,7 +112,7 @@ func RateLimitTake(key string, l Limit, cost int64) (RateResult, error) {
 	var out [abi.RLResultSize]byte
 	st := hostRLTake(view(key), l.Limit, l.Period.Milliseconds(), l.Burst, cost, out[:])
 	if st < 0 {
-		return RateResult{}, fmt.Errorf("rate limit %q: %w", key, abi.Status(st))
+		return RateResult{}, fmt.Errorf("rate limit %s: %w", strconv.Quote(key), abi.Status(st))
 	}
 	r := abi.ReadRLResult(out[:])
 	res := RateResult{Allowed: r.Allowed, Remaining: r.Remaining, Reset: time.Duration(r.ResetMs) * time.Millisecond,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"strconv"
 	"time"
 
 	"github.com/plinth-dev/plinth/abi"
@@ -139,7 +140,8 @@ func kvErr(op, key string, st int32) error {
 	if abi.Status(st) == abi.StatusNotFound {
 		return ErrNotFound
 	}
-	return fmt.Errorf("kv %s %q: %w", op, key, abi.Status(st))
+	// Quoting copies key, so it does not escape: callers' keys (often concatenations) stay on the stack.
+	return fmt.Errorf("kv %s %s: %w", op, strconv.Quote(key), abi.Status(st))
 }
 
 // IsNotFound reports whether err is ErrNotFound.

@@ -156,9 +156,9 @@ func compileRoute(rc routeConfig) (route, error) {
 }
 
 // match returns the path parameters if path matches the route's segments.
-func (r *route) match(path string) ([]sdk.Pair, bool) {
+// match reports whether path matches the route, appending the captured segments to params.
+func (r *route) match(path string, params []sdk.Pair) ([]sdk.Pair, bool) {
 	path = strings.Trim(path, "/")
-	var params []sdk.Pair
 	for i, seg := range r.segs {
 		if r.rest && i == len(r.segs)-1 {
 			params = append(params, sdk.Pair{Key: seg[1 : len(seg)-4], Value: path})
@@ -188,19 +188,26 @@ func (r *route) match(path string) ([]sdk.Pair, bool) {
 	return params, true
 }
 
+// paramBuf holds the captures of the call in progress. The SDK encodes a decision before the handler
+// returns to the host, so it can be reused by the next call, which saves an allocation per request
+// (allocation is slow in Go on Wasm).
+var paramBuf []sdk.Pair
+
 func routeRequest(req *sdk.Request) (sdk.Route, error) {
 	for i := range table {
 		r := &table[i]
 		if r.method != "" && r.method != req.Method {
 			continue
 		}
-		params, ok := r.match(req.Path)
+		params, ok := r.match(req.Path, paramBuf[:0])
+		paramBuf = params[:0]
 		if !ok {
 			continue
 		}
 		d := r.decision
 		if d.Action != 0 {
 			d.Params = append(params, d.Params...)
+			paramBuf = d.Params[:0]
 		}
 		return d, nil
 	}
