@@ -25,9 +25,7 @@ func serveOpenAPI(ctx *fasthttp.RequestCtx) bool {
 		return false
 	}
 	if !ctx.IsGet() && !ctx.IsHead() {
-		ctx.Response.Header.Set("Allow", "GET, HEAD")
-		writeError(ctx, &APIError{Status: fasthttp.StatusMethodNotAllowed, Type: typeInvalidRequest, Code: "method_not_allowed",
-			Message: string(ctx.Method()) + " is not allowed on /openapi.json"})
+		refuseMethod(ctx)
 		return true
 	}
 	ctx.SetContentType("application/json")

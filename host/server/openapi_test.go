@@ -878,6 +878,11 @@ func TestOpenAPIResponses(t *testing.T) {
 		if r := wantStatus(t, "POST openapi.json", sp.do(t, "POST", ts.url+"/openapi.json", "", "{}"), 405, "method_not_allowed"); r.header.Get("Allow") != "GET, HEAD" {
 			t.Fatalf("Allow %q", r.header.Get("Allow"))
 		}
+		for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+			if r := wantStatus(t, "POST "+path, sp.do(t, "POST", ts.url+path, "", "{}"), 405, "method_not_allowed"); r.header.Get("Allow") != "GET, HEAD" {
+				t.Fatalf("POST %s: Allow %q", path, r.header.Get("Allow"))
+			}
+		}
 		wantStatus(t, "unknown path", sp.do(t, "GET", ts.url+"/nothing", "", ""), 404, "not_found")
 	})
 

@@ -216,6 +216,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case bytes.HasPrefix(path, []byte("/v1/")):
 		s.serveAPI(ctx, start)
 		return
+	case !ctx.IsGet() && !ctx.IsHead() && isOperational(path):
+		refuseMethod(ctx)
 	case bytes.Equal(path, []byte("/healthz")):
 		ctx.SetContentType("application/json")
 		ctx.SetBodyString(`{"status":"ok"}`)
@@ -237,6 +239,22 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, errNotFound("no route for "+string(ctx.Method())+" "+string(path)))
 	}
 	s.metrics.anonymous.observe(ctx.Response.StatusCode(), time.Since(start))
+}
+
+// isOperational reports whether path is one of the read-only operational endpoints.
+func isOperational(path []byte) bool {
+	switch string(path) {
+	case "/healthz", "/readyz", "/metrics":
+		return true
+	}
+	return false
+}
+
+// refuseMethod answers a request to a read-only endpoint (GET and HEAD only) with 405.
+func refuseMethod(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.Set("Allow", "GET, HEAD")
+	writeError(ctx, &APIError{Status: fasthttp.StatusMethodNotAllowed, Type: typeInvalidRequest, Code: "method_not_allowed",
+		Message: string(ctx.Method()) + " is not allowed on " + string(ctx.Path())})
 }
 
 // serveOther serves the paths outside /v1 that later parts of the server register (admin, OpenAPI).
