@@ -11,6 +11,9 @@
 // medians over the rounds, so slow drifts in machine load hit every scenario alike. The last line reads
 // `hooks/bare ratio: R`, the median of the per-round ratios. Both sides share the machine's cores:
 // compare ratios measured in one run rather than absolute numbers across runs.
+//
+// The server inherits the environment, so PLINTH_PREEMPTION=none (or close-on-done) measures the same
+// path under another loop protection.
 package main
 
 import (
