@@ -371,9 +371,11 @@ type chatTurn struct {
 	includeUsage bool
 
 	st *llm.Stream
-	// The token reservations of the ratelimit hook, settled when the stream ends.
+	// The token reservations of the ratelimit hook, settled when the stream ends with the completion's
+	// tokens and pluginTokens (see reqCtx).
 	reservations []abi.TokenReservation
 	ratelimit    *pluginRT
+	pluginTokens int64
 }
 
 // serveChat serves a prepared chat completion.
@@ -439,8 +441,8 @@ func (s *Server) serveChat(rc *reqCtx) {
 	var out abi.PromptOutput
 	hp := rc.trt.hooks[abi.HookPrompt]
 	if hp != nil {
-		res, err := s.call(rc.ctx, hp, abi.HookPrompt, t.rid, in.AppendTo(rc.in[:0]), rc.out)
-		rc.out = res
+		res, tokens, err := s.callCountingTokens(rc.ctx, hp, abi.HookPrompt, t.rid, in.AppendTo(rc.in[:0]), rc.out)
+		rc.out, rc.pluginTokens = res, tokens
 		if err != nil {
 			fail(pluginError(err))
 			return
@@ -655,7 +657,7 @@ func (s *Server) startStream(rc *reqCtx, t *chatTurn) {
 	case <-wait.C:
 	}
 	// The reservations are settled by the writer from here on.
-	t.reservations, t.ratelimit = rc.reservations, rc.ratelimit
+	t.reservations, t.ratelimit, t.pluginTokens = rc.reservations, rc.ratelimit, rc.pluginTokens
 	rc.reservations = nil
 
 	rc.ctx.SetStatusCode(fasthttp.StatusOK)
@@ -761,7 +763,7 @@ loop:
 		flush()
 	}
 	u := t.st.Usage()
-	t.s.settleTokens(&reqCtx{reservations: t.reservations, ratelimit: t.ratelimit}, u.PromptTokens+u.CompletionTokens)
+	t.s.settle(t.ratelimit, t.reservations, u.PromptTokens+u.CompletionTokens+t.pluginTokens)
 	switch {
 	case err != nil:
 		t.logFailure(err)

@@ -65,6 +65,7 @@ const (
 	keyG = "pk-tenant-g-secret" // tenant g: the streaming guest plugin
 	keyD = "pk-tenant-d-secret" // tenant d: an upstream provider, the host's default prompt
 	keyE = "pk-tenant-e-secret" // tenant e: an upstream provider and a token budget
+	keyH = "pk-tenant-h-secret" // tenant h: the streaming guest plugin behind a token budget
 )
 
 // chatEnv is a server with a store, the fake retriever, and tenants:
@@ -72,7 +73,9 @@ const (
 //   - c: the fake upstream as model "fake" (default), with the first-party prompt plugin;
 //   - d: the fake upstream, no prompt plugin (the host's default prompt);
 //   - e: the fake upstream and the ratelimit plugin's token budget;
-//   - g: the fake upstream and the streaming guest plugin.
+//   - g: the fake upstream and the streaming guest plugin;
+//   - h: the same, also as the prompt hook, behind the ratelimit plugin with a budget of guestTokenBudget
+//     tokens.
 //
 // Compiling the plugins takes seconds, so one environment serves every subtest of TestChat; each
 // subtest sets the upstream's script it needs.
@@ -85,6 +88,10 @@ type chatEnv struct {
 
 // tokenBudget is tenant a's token limit per minute (the server's clock stands still in these tests).
 const tokenBudget = 3000
+
+// guestTokenBudget is tenant h's: two completions of the fake upstream (11 prompt and 6 completion tokens
+// each) fit.
+const guestTokenBudget = 40
 
 var frozen = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
@@ -112,15 +119,21 @@ func newChatEnv(t *testing.T, script func(n int, r *llmtest.Request) llmtest.Beh
 	d := &tenant.Tenant{ID: "d", LLM: []byte(upstream)}
 	e := &tenant.Tenant{ID: "e", LLM: []byte(upstream), Plugins: map[string]*tenant.Plugin{"ratelimit": rl},
 		Bindings: map[abi.Hook]string{abi.HookRateLimit: "ratelimit"}}
+	guest := plugin(t, ts, "guest", "../llm/llmtest/streamguest", "")
 	g := &tenant.Tenant{ID: "g", LLM: []byte(upstream), Plugins: map[string]*tenant.Plugin{
-		"guest": plugin(t, ts, "guest", "../llm/llmtest/streamguest", "")}, Bindings: map[abi.Hook]string{abi.HookRoute: "guest"},
+		"guest": guest}, Bindings: map[abi.Hook]string{abi.HookRoute: "guest"},
 		Limits: tenant.Limits{PluginDeadline: 10 * time.Second}}
-	snap, err := tenant.NewSnapshot([]*tenant.Tenant{a, c, d, e, g}, []*tenant.Key{
+	h := &tenant.Tenant{ID: "h", LLM: []byte(upstream), Plugins: map[string]*tenant.Plugin{"guest": guest,
+		"ratelimit": plugin(t, ts, "ratelimit", "../../plugins/ratelimit", fmt.Sprintf(
+			`{"tiers": {"default": {"tokens": {"limit": %d, "period": "1m"}}}}`, guestTokenBudget))},
+		Bindings: map[abi.Hook]string{abi.HookRoute: "guest", abi.HookRateLimit: "ratelimit", abi.HookPrompt: "guest"}}
+	snap, err := tenant.NewSnapshot([]*tenant.Tenant{a, c, d, e, g, h}, []*tenant.Key{
 		{ID: "ka", Tenant: "a", Hash: tenant.HashKey([]byte(keyA))},
 		{ID: "ke", Tenant: "e", Hash: tenant.HashKey([]byte(keyE))},
 		{ID: "kc", Tenant: "c", Hash: tenant.HashKey([]byte(keyC))},
 		{ID: "kd", Tenant: "d", Hash: tenant.HashKey([]byte(keyD))},
 		{ID: "kg", Tenant: "g", Hash: tenant.HashKey([]byte(keyG))},
+		{ID: "kh", Tenant: "h", Hash: tenant.HashKey([]byte(keyH))},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -625,6 +638,7 @@ func TestChat(t *testing.T) {
 		{"CutStreamCountsTokens", testChatCutStreamCountsTokens},
 		{"OpenAIClient", testOpenAIClient},
 		{"GuestLLMCalls", testGuestLLMCalls},
+		{"GuestLLMCallsSpendTokenBudget", testGuestLLMTokens},
 		{"GuestStreams", testGuestStreams},
 		{"GuestLeavesNothingOpen", testGuestLeavesNothingOpen},
 		{"GuestClientDisconnect", testGuestClientDisconnect},

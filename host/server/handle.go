@@ -95,11 +95,16 @@ func (s *Server) serveHandle(rc *reqCtx, p *pluginRT) {
 	}
 	done := make(chan result, 1)
 	st := rc.st
+	// The request's token reservations are settled with what the plugin's LLM streams used, when the
+	// call ends (the streams end with it).
+	ratelimit, reservations := rc.ratelimit, rc.reservations
+	rc.reservations = nil
 	st.inflight.Add(1) // released when the call ends; see acquire and retire
 	go func() {
 		defer st.release()
-		out, err := s.call(context.WithValue(ctx, respStreamKey{}, rs), p, abi.HookHandle, rid, input, nil)
+		out, tokens, err := s.callCountingTokens(context.WithValue(ctx, respStreamKey{}, rs), p, abi.HookHandle, rid, input, nil)
 		cancel()
+		s.settle(ratelimit, reservations, tokens)
 		done <- result{out, err}
 	}()
 	var head abi.Response

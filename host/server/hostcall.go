@@ -25,6 +25,9 @@ type hostCall struct {
 	// Both are used by the call's goroutine only (one call at a time per instance).
 	streams []*llmHandle
 	resp    *respStream
+	// llmTokens counts the tokens the call's closed LLM streams used (llm.Stream.Usage), for the
+	// request's token budgets.
+	llmTokens int64
 }
 
 var _ abi.Host = (*hostCall)(nil)

@@ -154,9 +154,18 @@ func (h *hostCall) LLMClose(handle int32) int32 {
 	if l == nil {
 		return int32(abi.StatusNotFound)
 	}
-	l.st.Close()
-	h.streams[handle-1] = nil
+	h.closeStream(int(handle) - 1)
 	return 0
+}
+
+// closeStream closes the stream of index i (cancelling its upstream request if it still runs) and adds
+// the tokens it used to the call's total.
+func (h *hostCall) closeStream(i int) {
+	st := h.streams[i].st
+	st.Close()
+	u := st.Usage()
+	h.llmTokens += u.PromptTokens + u.CompletionTokens
+	h.streams[i] = nil
 }
 
 // finish ends what the plugin call left open: it closes its LLM streams (cancelling their upstream
@@ -164,8 +173,7 @@ func (h *hostCall) LLMClose(handle int32) int32 {
 func (h *hostCall) finish() {
 	for i, l := range h.streams {
 		if l != nil {
-			l.st.Close()
-			h.streams[i] = nil
+			h.closeStream(i)
 		}
 	}
 	if h.resp != nil {

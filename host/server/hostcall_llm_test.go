@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plinth-dev/plinth/abi"
+	"github.com/plinth-dev/plinth/abi/gcra"
 	"github.com/plinth-dev/plinth/host/llm"
 	"github.com/plinth-dev/plinth/host/llm/llmtest"
 )
@@ -33,6 +35,48 @@ func testGuestLLMCalls(t *testing.T, env *chatEnv) {
 	r = do(t, "POST", env.url+"/v1/guest/complete?gpt-9", keyG, "q")
 	if r.status != 500 || r.err.Code != "plugin_handler_error" || !strings.Contains(r.err.Message, "llm: not found") {
 		t.Fatalf("unknown model: %d %s", r.status, r.body)
+	}
+}
+
+// testGuestLLMTokens: the tokens of a plugin's own LLM calls (from the prompt hook of a chat completion
+// and from a handle hook) are charged to the key's token budget when the call ends, and a request
+// arriving with the budget overdrawn is refused.
+func testGuestLLMTokens(t *testing.T, env *chatEnv) {
+	env.up.SetScript(nil)
+	rl := env.cur.Load().tenants["h"].hooks[abi.HookRateLimit]
+	remaining := func() int64 {
+		hc := hostCall{s: env.Server, plugin: rl}
+		return env.limiter.Take(hc.scopedKey([]byte("tokens:kh")), gcra.Params{Limit: guestTokenBudget, Period: time.Minute}).Remaining
+	}
+	const perCall = 11 + 6 // the fake upstream's usage report for the default tokens
+	// A chat completion whose prompt hook rewrites the question with a completion of its own: the
+	// reservation is settled with both.
+	r, c := chat(t, env.url, keyH, `{"max_tokens": 5, "messages": [{"role": "user", "content": "rewrite: spend"}]}`)
+	if r.status != 200 || c.Usage.TotalTokens != perCall {
+		t.Fatalf("chat: %d %s", r.status, r.body)
+	}
+	if last := env.up.Last(); last.Key != strings.Join(llmtest.DefaultTokens, "") {
+		t.Fatalf("the completion was asked %q, not the rewritten question", last.Key)
+	}
+	if got := remaining(); got != guestTokenBudget-2*perCall {
+		t.Fatalf("after the chat completion: %d tokens left, want %d", got, guestTokenBudget-2*perCall)
+	}
+	// A request for the handle hook is admitted while the budget is not overdrawn and charged its call's.
+	r = do(t, "POST", env.url+"/v1/guest/complete", keyH, "spend")
+	if r.status != 200 || r.header.Get("X-Completion-Tokens") != "6" {
+		t.Fatalf("guest completion: %d %s", r.status, r.body)
+	}
+	if got := remaining(); got != 0 {
+		t.Fatalf("after the guest completion: %d tokens left, want 0 (overdrawn)", got)
+	}
+	// 51 of 40 spent: the budget is overdrawn, and requests are refused until it refills.
+	r = do(t, "POST", env.url+"/v1/guest/complete", keyH, "one more")
+	if r.status != 429 || !strings.Contains(r.err.Message, "tokens") || r.header.Get("Retry-After") == "" {
+		t.Fatalf("overdrawn budget: %d %v %s", r.status, r.header, r.body)
+	}
+	// Requests of another tenant's plugin are not charged here.
+	if r := do(t, "POST", env.url+"/v1/guest/complete", keyG, "elsewhere"); r.status != 200 || remaining() != 0 {
+		t.Fatalf("tenant g: %d, tenant h's budget at %d", r.status, remaining())
 	}
 }
 

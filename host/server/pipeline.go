@@ -30,6 +30,9 @@ type reqCtx struct {
 	reservations []abi.TokenReservation
 	// ratelimit is the plugin that made the reservations (their keys are in its key space).
 	ratelimit *pluginRT
+	// pluginTokens counts the tokens of LLM streams the chat completion's prompt hook opened; they are
+	// settled with the completion's own.
+	pluginTokens int64
 	// data is what the endpoint's prepare step parsed, for its serve step.
 	data any
 
@@ -398,16 +401,21 @@ func lowerASCII(b []byte) {
 // really used: the difference is taken from (or returned to) each reserved budget. Tokens streamed before
 // a client disconnected count as used. It is safe to call once per request; later calls do nothing.
 func (s *Server) settleTokens(rc *reqCtx, used int64) {
-	if rc.ratelimit == nil {
+	s.settle(rc.ratelimit, rc.reservations, used+rc.pluginTokens)
+	rc.reservations = nil
+}
+
+// settle reconciles the reservations a ratelimit plugin made with the tokens used.
+func (s *Server) settle(ratelimit *pluginRT, reservations []abi.TokenReservation, used int64) {
+	if ratelimit == nil {
 		return
 	}
-	hc := hostCall{s: s, plugin: rc.ratelimit}
-	for _, r := range rc.reservations {
+	hc := hostCall{s: s, plugin: ratelimit}
+	for _, r := range reservations {
 		p := gcra.Params{Limit: r.Limit, Period: time.Duration(r.PeriodMs) * time.Millisecond, Burst: r.Burst}
 		if !p.Valid() {
 			continue
 		}
 		s.limiter.Adjust(hc.scopedKey([]byte(r.Key)), p, used-r.Reserved)
 	}
-	rc.reservations = nil
 }

@@ -197,16 +197,23 @@ func (s *Server) newPool(ctx context.Context, prt *pluginRT, limits tenant.Limit
 
 // call runs a hook of a plugin for a request, with a hostCall serving its host calls.
 func (s *Server) call(ctx context.Context, prt *pluginRT, hook abi.Hook, rid string, input, dst []byte) ([]byte, error) {
+	out, _, err := s.callCountingTokens(ctx, prt, hook, rid, input, dst)
+	return out, err
+}
+
+// callCountingTokens is call that also returns the tokens the LLM streams the plugin opened used.
+func (s *Server) callCountingTokens(ctx context.Context, prt *pluginRT, hook abi.Hook, rid string, input, dst []byte) ([]byte, int64, error) {
 	if prt.loadErr != nil {
-		return nil, &runtime.CallError{Plugin: prt.label, Hook: hook, Kind: runtime.KindInit, Err: prt.loadErr}
+		return nil, 0, &runtime.CallError{Plugin: prt.label, Hook: hook, Kind: runtime.KindInit, Err: prt.loadErr}
 	}
 	hc := hostCallPool.Get().(*hostCall)
 	hc.s, hc.plugin, hc.ctx, hc.requestID = s, prt, ctx, rid
 	out, err := prt.pool.Call(ctx, hook, input, hc, dst)
 	hc.finish()
+	tokens := hc.llmTokens
 	*hc = hostCall{keyBuf: hc.keyBuf[:0]}
 	hostCallPool.Put(hc)
-	return out, err
+	return out, tokens, err
 }
 
 var hostCallPool = sync.Pool{New: func() any { return new(hostCall) }}

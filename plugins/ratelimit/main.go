@@ -17,7 +17,9 @@
 // A key whose label names no tier gets "default"; a tier without "requests" is unlimited. "exempt" lists
 // built-in endpoint names that are never limited. Token budgets apply to requests for which the host
 // estimates LLM tokens (chat completions): the estimate is reserved at admission and the host settles
-// the reservation with real usage when the response ends.
+// the reservation with real usage when the response ends. They apply as well to requests routed to a
+// plugin's handle hook: admitted while the budget is not overdrawn, they are charged the tokens of the
+// LLM streams the plugin opens (llm_open) when the call ends.
 package main
 
 import (
@@ -117,7 +119,9 @@ func rateLimit(req *sdk.Request) (sdk.RateLimit, error) {
 			return d, err
 		}
 	}
-	if t.tokens != nil && req.Tokens > 0 {
+	// A request for a plugin's handle hook has no estimate (its LLM calls are the plugin's to make): it
+	// is admitted while the budget is not overdrawn, and charged what its LLM streams used.
+	if t.tokens != nil && (req.Tokens > 0 || req.Route.Action == sdk.RoutePlugin) {
 		key := "tokens:" + req.KeyID
 		denied, err := take(&d, "tokens", key, *t.tokens, req.Tokens)
 		if err != nil || denied {

@@ -86,6 +86,18 @@ func testTokens(t *testing.T, h *sdktest.Host) {
 	if d, _ = h.RateLimit(r); !d.Deny || !strings.Contains(d.Message, "at most 1000 at once") || d.RetryAfterMs != 0 {
 		t.Fatalf("request above the burst: %+v", d)
 	}
+	// A request for a plugin's handle hook carries no estimate: it gets a zero reservation, which the host
+	// settles with what the plugin's LLM calls used. Other requests without an estimate reserve nothing.
+	r = req("k4", "", "")
+	r.Route = sdk.ToPlugin("agent")
+	if d, err = h.RateLimit(r); err != nil || d.Deny || len(d.Reservations) != 1 ||
+		d.Reservations[0].Key != "tokens:k4" || d.Reservations[0].Reserved != 0 {
+		t.Fatalf("request for a plugin: %+v %v", d, err)
+	}
+	r.Route = sdk.Default()
+	if d, err = h.RateLimit(r); err != nil || d.Deny || len(d.Reservations) != 0 {
+		t.Fatalf("request without an estimate: %+v %v", d, err)
+	}
 }
 
 func testBadConfig(t *testing.T, h *sdktest.Host) {

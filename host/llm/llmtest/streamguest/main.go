@@ -9,6 +9,9 @@
 //	/v1/guest/twice      calls StartResponse twice
 //
 // The query string names the model ("" for the tenant's default).
+//
+// Its prompt hook replaces a last user message that starts with "rewrite:" by a completion of its own (an
+// LLM call from the prompt hook) and passes other prompts through.
 package main
 
 import (
@@ -119,7 +122,22 @@ func itoa(v int64) string {
 	return string(b)
 }
 
+func prompt(in *sdk.PromptInput) (sdk.PromptOutput, error) {
+	msgs := in.Messages
+	if n := len(msgs); n > 0 {
+		if q, ok := strings.CutPrefix(msgs[n-1].Content, "rewrite:"); ok {
+			text, _, err := sdk.Complete(sdk.LLMRequest{Messages: []sdk.Message{{Role: "user", Content: "Rewrite:" + q}}})
+			if err != nil {
+				return sdk.PromptOutput{}, err
+			}
+			msgs = append(msgs[:n-1:n-1], sdk.Message{Role: "user", Content: text})
+		}
+	}
+	return sdk.PromptOutput{Messages: msgs}, nil
+}
+
 func init() {
+	sdk.OnPrompt(prompt)
 	sdk.OnRoute(func(req *sdk.Request) (sdk.Route, error) {
 		if strings.HasPrefix(req.Path, "/v1/guest/") {
 			return sdk.ToPlugin("guest"), nil
