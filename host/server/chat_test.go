@@ -379,8 +379,9 @@ func testChatValidation(t *testing.T, env *chatEnv) {
 func testModels(t *testing.T, env *chatEnv) {
 	env.up.SetScript(nil)
 	r := do(t, "GET", env.url+"/v1/models", keyC, "")
-	if r.status != 200 || r.body != `{"object":"list","data":[{"id":"fake","object":"model","created":0,"owned_by":"fakeup"},`+
-		`{"id":"plinth-extractive-v1","object":"model","created":0,"owned_by":"plinth"}]}` {
+	created := fmt.Sprint(frozen.Unix())
+	if r.status != 200 || r.body != `{"object":"list","data":[{"id":"fake","object":"model","created":`+created+`,"owned_by":"fakeup"},`+
+		`{"id":"plinth-extractive-v1","object":"model","created":`+created+`,"owned_by":"plinth"}]}` {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	if strings.Contains(r.body, "secret") || strings.Contains(r.body, "127.0.0.1") {

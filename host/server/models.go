@@ -12,7 +12,9 @@ func init() {
 	})
 }
 
-// modelInfo describes a model a tenant's chat completions can use.
+// modelInfo describes a model a tenant's chat completions can use. Created is when the server started:
+// models here are configuration and have no creation date of their own, and OpenAI clients expect a
+// plausible Unix time rather than 0.
 type modelInfo struct {
 	ID      string
 	Created int64
@@ -25,7 +27,7 @@ type modelInfo struct {
 func (s *Server) models(rc *reqCtx) []modelInfo {
 	tn, err := s.llmService().Tenant(rc.trt.t.ID, rc.trt.t.LLM)
 	if err != nil {
-		return []modelInfo{{ID: llm.ExtractiveModel, OwnedBy: "plinth"}}
+		return []modelInfo{{ID: llm.ExtractiveModel, Created: s.started, OwnedBy: "plinth"}}
 	}
 	var out []modelInfo
 	for _, m := range tn.Models() {
@@ -33,7 +35,7 @@ func (s *Server) models(rc *reqCtx) []modelInfo {
 		if owner == llm.ExtractiveProvider {
 			owner = "plinth"
 		}
-		out = append(out, modelInfo{ID: m.ID, OwnedBy: owner})
+		out = append(out, modelInfo{ID: m.ID, Created: s.started, OwnedBy: owner})
 	}
 	return out
 }

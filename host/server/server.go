@@ -78,6 +78,7 @@ type Server struct {
 	search    *search.Service
 	metrics   *metrics
 	now       func() time.Time
+	started   int64 // Unix seconds when the server was created
 	http      *fasthttp.Server
 
 	endpoints []*endpoint          // built-in endpoints in match order
@@ -143,6 +144,7 @@ func New(opts Options) (*Server, error) {
 		search:    opts.Search,
 		metrics:   newMetrics(),
 		now:       opts.Now,
+		started:   opts.Now().Unix(),
 		byName:    map[string]*endpoint{},
 		live:      map[pluginKey]*pluginRT{},
 		stop:      make(chan struct{}),
