@@ -972,25 +972,35 @@ func (s *Server) auditPage(ac *adminCtx, tenantID string) {
 		}
 		limit = n
 	}
-	var before time.Time
-	if v := ac.ctx.QueryArgs().Peek("before"); len(v) > 0 {
-		t, err := time.Parse(time.RFC3339Nano, string(v))
+	badBefore := &APIError{Status: 400, Type: typeInvalidRequest, Code: "invalid_before", Param: "before",
+		Message: "before must be a record id (last_id of the previous page) or an RFC 3339 time"}
+	var before store.AuditCursor
+	if v := string(ac.ctx.QueryArgs().Peek("before")); strings.HasPrefix(v, "aud_") {
+		before.ID = v
+	} else if v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
-			writeError(ac.ctx, &APIError{Status: 400, Type: typeInvalidRequest, Code: "invalid_before", Param: "before",
-				Message: "before must be an RFC 3339 time (the time of the last record of the previous page)"})
+			writeError(ac.ctx, badBefore)
 			return
 		}
-		before = t
+		before.Time = t
 	}
-	recs, err := s.store.AuditLog(tenantID, before, limit)
+	recs, more, err := s.store.AuditLog(tenantID, before, limit)
+	if errors.Is(err, store.ErrBadAuditID) {
+		writeError(ac.ctx, badBefore)
+		return
+	}
 	if err != nil {
 		ac.fail("audit log", err)
 		return
 	}
-	if recs == nil {
-		recs = []store.AuditRecord{}
+	page := map[string]any{"object": "list", "data": recs, "has_more": more, "first_id": nil, "last_id": nil}
+	if len(recs) > 0 {
+		page["first_id"], page["last_id"] = recs[0].ID, recs[len(recs)-1].ID
+	} else {
+		page["data"] = []store.AuditRecord{}
 	}
-	writeJSON(ac.ctx, 200, map[string]any{"object": "list", "data": recs, "has_more": len(recs) == limit})
+	writeJSON(ac.ctx, 200, page)
 }
 
 func (s *Server) adminTenantAudit(ac *adminCtx) {

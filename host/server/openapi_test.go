@@ -972,7 +972,15 @@ func TestOpenAPIResponses(t *testing.T) {
 		wantStatus(t, "unbind handle", sp.do(t, "DELETE", base+"/hooks/handle", ba, ""), 400, "invalid_hook")
 		wantStatus(t, "delete plugin", sp.do(t, "DELETE", base+"/plugins/echo", ba, ""), 200, "")
 
-		wantStatus(t, "tenant audit", sp.do(t, "GET", base+"/audit?limit=5", ba, ""), 200, "")
+		page := wantStatus(t, "tenant audit", sp.do(t, "GET", base+"/audit?limit=5", ba, ""), 200, "")
+		if !strings.Contains(page.body, `"has_more":true`) {
+			t.Fatalf("the first audit page of a busy tenant: %s", page.body)
+		}
+		next := wantStatus(t, "audit page 2", sp.do(t, "GET", base+"/audit?limit=5&before="+jsonField(t, page, "last_id"), ba, ""), 200, "")
+		if first := jsonField(t, next, "first_id"); first == "" || first >= jsonField(t, page, "last_id") {
+			t.Fatalf("page 2 starts at %q, after page 1 ended at %q", first, jsonField(t, page, "last_id"))
+		}
+		wantStatus(t, "bad audit id", sp.do(t, "GET", base+"/audit?before=aud_zz", ba, ""), 400, "invalid_before")
 		wantStatus(t, "bad audit limit", sp.do(t, "GET", base+"/audit?limit=0", ba, ""), 400, "invalid_limit")
 		wantStatus(t, "audit", sp.do(t, "GET", a+"/audit", op, ""), 200, "")
 		wantStatus(t, "bad audit before", sp.do(t, "GET", a+"/audit?before=yesterday", op, ""), 400, "invalid_before")

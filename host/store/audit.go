@@ -1,8 +1,10 @@
 package store
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -13,10 +15,12 @@ import (
 //	tenant nsAudit time(8 BE ns) seq(8 BE) → AuditRecord
 //	'g' 'a' time(8 BE ns) seq(8 BE)       → AuditRecord
 //
-// The sequence number breaks ties between records of the same nanosecond.
+// The sequence number breaks ties between records of the same nanosecond. A record's id is "aud_" and
+// the hex of time and sequence: unique, ordered like the records, and the cursor of the next page.
 
 // AuditRecord is one admin action.
 type AuditRecord struct {
+	ID     string          `json:"id,omitempty"` // derived from the key when read; not stored
 	Time   time.Time       `json:"time"`
 	Actor  string          `json:"actor"` // "operator" or "key:<id>"
 	Tenant string          `json:"tenant,omitempty"`
@@ -33,6 +37,7 @@ func (s *Store) Audit(r AuditRecord) error {
 		r.Time = s.now().UTC()
 	}
 	suffix := append(be64(uint64(r.Time.UnixNano())), be64(auditSeq.Add(1))...)
+	r.ID = ""
 	raw, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -45,9 +50,21 @@ func (s *Store) Audit(r AuditRecord) error {
 	return s.b.Apply(&b)
 }
 
-// AuditLog returns up to limit records, newest first, of one tenant ("" for the global log), before
-// the given time (zero: now).
-func (s *Store) AuditLog(tenantID string, before time.Time, limit int) ([]AuditRecord, error) {
+// AuditCursor says where a page of the audit log starts: just older than the record with ID (from an
+// earlier page), or else older than Time (zero: now).
+type AuditCursor struct {
+	ID   string
+	Time time.Time
+}
+
+// ErrBadAuditID is returned for a cursor id that no record could have.
+var ErrBadAuditID = errors.New("store: malformed audit record id")
+
+const auditIDPrefix = "aud_"
+
+// AuditLog returns up to limit records, newest first, of one tenant ("" for the global log), older than
+// the cursor, and whether older records remain.
+func (s *Store) AuditLog(tenantID string, before AuditCursor, limit int) ([]AuditRecord, bool, error) {
 	var lower []byte
 	if tenantID == "" {
 		lower = globalKey('a', nil)
@@ -55,21 +72,34 @@ func (s *Store) AuditLog(tenantID string, before time.Time, limit int) ([]AuditR
 		lower = TenantKey(tenantID, nsAudit)
 	}
 	upper := prefixEnd(lower)
-	if !before.IsZero() {
-		upper = append(append([]byte{}, lower...), be64(uint64(before.UnixNano()))...)
+	switch {
+	case before.ID != "":
+		suffix, err := hex.DecodeString(strings.TrimPrefix(before.ID, auditIDPrefix))
+		if err != nil || len(suffix) != 16 || !strings.HasPrefix(before.ID, auditIDPrefix) {
+			return nil, false, ErrBadAuditID
+		}
+		upper = append(append([]byte{}, lower...), suffix...)
+	case !before.Time.IsZero():
+		upper = append(append([]byte{}, lower...), be64(uint64(before.Time.UnixNano()))...)
 	}
 	var out []AuditRecord
 	var decodeErr error
-	err := s.b.ScanReverse(lower, upper, func(_, v []byte) bool {
+	more := false
+	err := s.b.ScanReverse(lower, upper, func(k, v []byte) bool {
+		if len(out) == limit {
+			more = true
+			return false
+		}
 		var r AuditRecord
 		if decodeErr = json.Unmarshal(v, &r); decodeErr != nil {
 			return false
 		}
+		r.ID = auditIDPrefix + hex.EncodeToString(k[len(k)-16:])
 		out = append(out, r)
-		return len(out) < limit
+		return true
 	})
 	if decodeErr != nil {
-		return nil, errors.Join(errors.New("store: corrupt audit record"), decodeErr)
+		return nil, false, errors.Join(errors.New("store: corrupt audit record"), decodeErr)
 	}
-	return out, err
+	return out, more, err
 }
