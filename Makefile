@@ -60,6 +60,7 @@ test: check unit fuzz
 ## through the ABI) and the end-to-end load table, whose last line is the hooks/bare ratio
 bench: build
 	$(GO) test -run=^$$ -bench='RouteHook|ColdStart' -benchtime=2s ./runtime/
+	$(GO) test -run=^$$ -bench='DeadlineOvershoot' -benchtime=300x ./runtime/
 	$(GO) test -run=^$$ -bench='GCPause' -benchtime=200x ./runtime/
 	INSTRUMENT_TABLE=1 $(GO) test -run=TestTightLoopTable -v ./runtime/instrument/ | grep -v '^=== RUN'
 	$(GO) test -run=^$$ -bench='Pipeline|KVThroughABI' -benchtime=2s ./host/server/

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -162,5 +163,37 @@ func TestColdStartReport(t *testing.T) {
 		p.Close()
 		m.Release()
 		e.Close(context.Background())
+	}
+}
+
+// BenchmarkDeadlineOvershoot measures how long after its deadline a call of a guest in an endless loop
+// returns to the caller, under each protection: the time to notice (one tick interval) plus unwinding.
+// Each op is one call with a 2 ms deadline on a warm instance; the instance is discarded after it.
+func BenchmarkDeadlineOvershoot(b *testing.B) {
+	const deadline = 2 * time.Millisecond
+	for _, pre := range []Preemption{PreemptInstrument, PreemptCloseOnDone} {
+		b.Run(pre.String(), func(b *testing.B) {
+			e := newEngine(b, Config{Preemption: pre})
+			p := newPool(b, e, hostileWasm(b), PoolConfig{Hooks: abi.HookSet(0).With(abi.HookRoute), Deadline: deadline})
+			in := routeReq("/loop")
+			var overs []time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				if err := p.Warm(context.Background(), 1); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				start := time.Now()
+				if _, err := p.Call(context.Background(), abi.HookRoute, in, sdktest.New(), nil); err == nil {
+					b.Fatal("the endless loop returned")
+				}
+				overs = append(overs, time.Since(start)-deadline)
+			}
+			slices.Sort(overs)
+			us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+			b.ReportMetric(us(overs[len(overs)/2]), "over-p50-µs")
+			b.ReportMetric(us(overs[len(overs)*99/100]), "over-p99-µs")
+			b.ReportMetric(us(overs[len(overs)-1]), "over-max-µs")
+		})
 	}
 }

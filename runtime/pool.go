@@ -69,6 +69,10 @@ type Pool struct {
 	live     int         // idle + busy instances; guarded by mu
 	lastSize int64       // memory of the most recent instance, the estimate for the next; guarded by mu
 	closed   bool        // guarded by mu
+
+	// closing counts instances of failed calls being closed in the background (see call); Close waits
+	// for them before it releases the module.
+	closing sync.WaitGroup
 }
 
 // NewPool returns a pool for cfg.Module. It creates no instance until the first call (or Warm).
@@ -175,7 +179,24 @@ func (p *Pool) call(ctx context.Context, hook abi.Hook, input []byte, host abi.H
 	}
 	out, err := inst.call(ctx, hook, input, host, dst)
 	if err != nil {
-		p.discard(inst)
+		// Closing an instance unmaps its memory, which takes hundreds of microseconds for a guest
+		// that touched megabytes: the caller gets its error first, and the memory stays counted in
+		// the engine's budget until it is really gone. Add happens under mu before Close sets closed,
+		// so Close's Wait covers every background close.
+		p.mu.Lock()
+		closed := p.closed
+		if !closed {
+			p.closing.Add(1)
+		}
+		p.mu.Unlock()
+		if closed {
+			p.discard(inst)
+			return nil, err
+		}
+		go func() {
+			defer p.closing.Done()
+			p.discard(inst)
+		}()
 		return nil, err
 	}
 	p.put(inst)
@@ -284,6 +305,7 @@ func (p *Pool) Close() {
 	for _, inst := range idle {
 		p.discard(inst)
 	}
+	p.closing.Wait()
 	p.engine.mu.Lock()
 	delete(p.engine.pools, p)
 	p.engine.mu.Unlock()
