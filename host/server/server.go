@@ -159,9 +159,12 @@ func New(opts Options) (*Server, error) {
 		Handler:      s.handle,
 		ErrorHandler: s.handleParseError,
 		Name:         "plinth",
-		// Plugin uploads may be larger than API requests: fasthttp reads up to the larger limit and
-		// serveAPI enforces MaxBodyBytes itself.
-		MaxRequestBodySize:                 int(max(opts.MaxBodyBytes, opts.MaxPluginBytes)),
+		// Plugin uploads may be larger than API requests: bodyLimit picks the limit from the request
+		// line as soon as the headers are in, so an oversized body is refused before it is read.
+		MaxRequestBodySize: int(max(opts.MaxBodyBytes, opts.MaxPluginBytes)),
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{MaxRequestBodySize: int(s.bodyLimit(h))}
+		},
 		ReadTimeout:                        opts.ReadTimeout,
 		WriteTimeout:                       opts.WriteTimeout,
 		IdleTimeout:                        opts.IdleTimeout,
@@ -270,13 +273,31 @@ func (s *Server) serveOther(ctx *fasthttp.RequestCtx) bool {
 	return false
 }
 
+// bodyLimit is the body size limit of a request: MaxPluginBytes for plugin uploads, MaxBodyBytes for
+// everything else.
+func (s *Server) bodyLimit(h *fasthttp.RequestHeader) int64 {
+	if h.IsPut() && bytes.HasPrefix(h.RequestURI(), []byte("/admin/v1/tenants/")) &&
+		bytes.HasSuffix(bytes.TrimRight(pathOnly(h.RequestURI()), "/"), []byte("/versions")) {
+		return s.opts.MaxPluginBytes
+	}
+	return s.opts.MaxBodyBytes
+}
+
+// pathOnly cuts the query string off a request URI.
+func pathOnly(uri []byte) []byte {
+	if i := bytes.IndexByte(uri, '?'); i >= 0 {
+		return uri[:i]
+	}
+	return uri
+}
+
 // handleParseError answers requests fasthttp could not read (too large, malformed, slow) with JSON.
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var e *APIError
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		e = &APIError{Status: fasthttp.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: "request_too_large",
-			Message: "request body exceeds the limit of " + strconv.FormatInt(s.opts.MaxBodyBytes, 10) + " bytes"}
+			Message: "request body exceeds the limit of " + strconv.FormatInt(s.bodyLimit(&ctx.Request.Header), 10) + " bytes"}
 	default:
 		var netErr net.Error
 		if errors.As(err, &netErr) && netErr.Timeout() {

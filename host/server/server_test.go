@@ -322,8 +322,24 @@ func TestBodyLimitsAndMalformedRequests(t *testing.T) {
 	ts := startServer(t, Options{MaxBodyBytes: 1 << 10})
 	twoTenants(t, ts)
 	r := do(t, "POST", ts.url+"/v1/echo", keyA, strings.Repeat("x", 2<<10))
-	if r.status != 413 || r.err.Code != "request_too_large" {
+	if r.status != 413 || r.err.Code != "request_too_large" || !strings.Contains(r.err.Message, "limit of 1024 bytes") {
 		t.Fatalf("huge body: %d %+v", r.status, r.err)
+	}
+	// The limit is applied from the headers: a body announced too large is refused before it is sent.
+	announce, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer announce.Close()
+	fmt.Fprintf(announce, "POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", keyA, 50<<20)
+	announce.SetReadDeadline(time.Now().Add(10 * time.Second))
+	head, _ := io.ReadAll(io.LimitReader(announce, 512))
+	if !strings.Contains(string(head), " 413 ") {
+		t.Fatalf("a 50 MiB body announced to a 1 KiB endpoint: %q", head)
+	}
+	// Plugin uploads have their own, larger limit.
+	if r := do(t, "PUT", ts.url+"/admin/v1/tenants/a/plugins/big/versions", "", strings.Repeat("x", 2<<10)); r.status == 413 {
+		t.Fatalf("a 2 KiB plugin upload was held to the API body limit: %s", r.body)
 	}
 	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "http://"))
 	if err != nil {
