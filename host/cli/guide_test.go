@@ -25,11 +25,7 @@ func TestPluginGuideRunsAsWritten(t *testing.T) {
 	if _, err := osexec.LookPath("curl"); err != nil {
 		t.Skip("the guide uses curl")
 	}
-	guide, err := os.ReadFile("../../docs/plugins.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(guide), -1)
+	blocks := shellBlocks(t, "../../docs/plugins.md")
 	if len(blocks) < 6 {
 		t.Fatalf("found %d shell blocks in docs/plugins.md", len(blocks))
 	}
@@ -43,7 +39,7 @@ func TestPluginGuideRunsAsWritten(t *testing.T) {
 	script.WriteString("export PLINTH_ADDR=" + addr + " PLINTH_URL=http://" + addr + "\n")
 	script.WriteString("trap 'kill $SERVER 2>/dev/null || true' EXIT\nSERVER=\nLAST=\n")
 	for _, b := range blocks {
-		for _, line := range strings.Split(strings.TrimSpace(b[1]), "\n") {
+		for _, line := range strings.Split(strings.TrimSpace(b), "\n") {
 			line = paths.Replace(line)
 			line = strings.ReplaceAll(line, "<the secret printed above>", `"$(printf '%s\n' "$LAST" | tail -n 1)"`)
 			switch {
@@ -77,6 +73,20 @@ func TestPluginGuideRunsAsWritten(t *testing.T) {
 	if !strings.Contains(string(out), "hello from hello, request 1") {
 		t.Fatalf("the guide's plugin did not answer as documented:\n%s", out)
 	}
+}
+
+// shellBlocks returns the contents of the ```sh blocks of a Markdown file, in order.
+func shellBlocks(t *testing.T, path string) []string {
+	t.Helper()
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(doc), -1) {
+		out = append(out, m[1])
+	}
+	return out
 }
 
 func freeAddr(t *testing.T) string {

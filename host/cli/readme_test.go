@@ -5,7 +5,6 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,14 +24,10 @@ func TestReadmeQuickStart(t *testing.T) {
 			t.Skip("the README uses " + tool)
 		}
 	}
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var block string
-	for _, m := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(readme), -1) {
-		if strings.Contains(m[1], "/v1/models") {
-			block = m[1]
+	for _, b := range shellBlocks(t, "../../README.md") {
+		if strings.Contains(b, "/v1/models") {
+			block = b
 			break
 		}
 	}
