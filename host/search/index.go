@@ -233,16 +233,11 @@ func (si *storeIndex) recover() error {
 		return err
 	}
 	si.seq.init(last + 1)
-	if err := si.replayLexical(lexDocs, last); err != nil {
-		return fmt.Errorf("replaying the lexical index: %w", err)
+	if err := si.replay(lexDocs, vecDocs, last); err != nil {
+		return err
 	}
-	if si.vec != nil {
-		if err := si.replayVectors(vecDocs); err != nil {
-			return fmt.Errorf("replaying the vector index: %w", err)
-		}
-		if len(vecDocs) > 0 {
-			si.vecChanges.Add(int64(len(vecDocs)))
-		}
+	if si.vec != nil && len(vecDocs) > 0 {
+		si.vecChanges.Add(int64(len(vecDocs)))
 	}
 	// Entries at or below both watermarks read from disk are durably applied by both indexes.
 	if low > 0 && low != ^uint64(0) {
@@ -258,67 +253,68 @@ func (si *storeIndex) recover() error {
 	return nil
 }
 
-// replayLexical re-applies documents to bleve from the store and sets the watermark to w.
-func (si *storeIndex) replayLexical(docs map[string]int, w uint64) error {
-	if len(docs) == 0 {
-		return nil
+// replay re-applies documents from the store: those of lexDocs to bleve (then setting its watermark to
+// w), those of vecDocs to the vector index (when there is one). Each map holds the most chunks a document
+// had in the entries being replayed, so chunks beyond its current ones are deleted. A document in both
+// is read from the store once.
+func (si *storeIndex) replay(lexDocs, vecDocs map[string]int, w uint64) error {
+	if si.vec == nil {
+		vecDocs = nil
 	}
-	ids := make([]string, 0, len(docs))
-	for id := range docs {
+	ids := make([]string, 0, len(lexDocs)+len(vecDocs))
+	for id := range lexDocs {
 		ids = append(ids, id)
+	}
+	for id := range vecDocs {
+		if _, ok := lexDocs[id]; !ok {
+			ids = append(ids, id)
+		}
 	}
 	slices.Sort(ids)
 	b := newLexBatch()
-	for i, id := range ids {
-		prev := docs[id]
+	for _, id := range ids {
 		n := 0
 		if m := si.doc(id); m != nil {
 			n = m.chunks
 		}
 		chunks, err := si.svc.st.Chunks(si.tenant, si.id, id, n)
 		if err != nil {
-			return err
+			return fmt.Errorf("replaying document %s: %w", id, err)
 		}
-		for c := len(chunks); c < max(prev, n); c++ {
-			b.del(chunkID(id, c))
-		}
-		for c, ch := range chunks {
-			f, _ := si.lex.analyze(ch.Text)
-			b.put(chunkID(id, c), f)
-		}
-		if b.n >= 2000 || i == len(ids)-1 {
-			if err := si.lex.apply(b, w); err != nil {
-				return err
+		if prev, ok := lexDocs[id]; ok {
+			for c := len(chunks); c < max(prev, n); c++ {
+				b.del(chunkID(id, c))
 			}
-			b = newLexBatch()
+			for c, ch := range chunks {
+				f, _ := si.lex.analyze(ch.Text)
+				b.put(chunkID(id, c), f)
+			}
+			if b.n >= 2000 {
+				if err := si.lex.apply(b, w); err != nil {
+					return fmt.Errorf("replaying the lexical index: %w", err)
+				}
+				b = newLexBatch()
+			}
+		}
+		if prev, ok := vecDocs[id]; ok {
+			for c := len(chunks); c < max(prev, n); c++ {
+				si.vec.Delete(chunkID(id, c))
+			}
+			for c, ch := range chunks {
+				if len(ch.Vector) == 0 {
+					si.vec.Delete(chunkID(id, c))
+					continue
+				}
+				if err := si.checkDims(len(ch.Vector)); err != nil {
+					return fmt.Errorf("replaying the vector index: %w", err)
+				}
+				si.vec.Add(chunkID(id, c), ch.Vector)
+			}
 		}
 	}
-	return nil
-}
-
-// replayVectors re-applies documents' vectors from the store.
-func (si *storeIndex) replayVectors(docs map[string]int) error {
-	for id, prev := range docs {
-		n := 0
-		if m := si.doc(id); m != nil {
-			n = m.chunks
-		}
-		chunks, err := si.svc.st.Chunks(si.tenant, si.id, id, n)
-		if err != nil {
-			return err
-		}
-		for c := len(chunks); c < max(prev, n); c++ {
-			si.vec.Delete(chunkID(id, c))
-		}
-		for c, ch := range chunks {
-			if len(ch.Vector) == 0 {
-				si.vec.Delete(chunkID(id, c))
-				continue
-			}
-			if err := si.checkDims(len(ch.Vector)); err != nil {
-				return err
-			}
-			si.vec.Add(chunkID(id, c), ch.Vector)
+	if len(lexDocs) > 0 {
+		if err := si.lex.apply(b, w); err != nil {
+			return fmt.Errorf("replaying the lexical index: %w", err)
 		}
 	}
 	return nil

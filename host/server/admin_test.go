@@ -37,25 +37,10 @@ func adminServer(t *testing.T) *testServer {
 // call sends a request with a raw body and decodes the JSON answer into out (when not nil).
 func call(t *testing.T, method, url, key string, body []byte, out any) resp {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, strings.NewReader(string(body)))
-	req.Header.Set("Authorization", "Bearer "+key)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	r := resp{status: res.StatusCode, header: res.Header, body: string(b)}
-	if res.StatusCode >= 400 {
-		var e struct {
-			Error json.RawMessage `json:"error"`
-		}
-		if json.Unmarshal(b, &e) != nil || json.Unmarshal(e.Error, &r.err) != nil {
-			t.Fatalf("%s %s: status %d with a body that is not a JSON error: %q", method, url, res.StatusCode, b)
-		}
-	} else if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, url, err, b)
+	r := send(t, method, url, key, "", body)
+	if r.status < 400 && out != nil {
+		if err := json.Unmarshal([]byte(r.body), out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, url, err, r.body)
 		}
 	}
 	return r

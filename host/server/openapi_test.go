@@ -5,11 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"mime"
 	"mime/multipart"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -23,9 +21,6 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
-	"github.com/plinth-dev/plinth/host/search"
-	"github.com/plinth-dev/plinth/host/search/hashembed"
-	"github.com/plinth-dev/plinth/host/store"
 	"github.com/plinth-dev/plinth/host/tenant"
 	"github.com/plinth-dev/plinth/runtime/wasmbuild"
 )
@@ -347,27 +342,7 @@ func (sp *openAPISpec) send(t testing.TB, method, url, key, contentType string, 
 // sendRaw is send without validating the request (one the document rightly refuses).
 func (sp *openAPISpec) sendRaw(t testing.TB, method, url, key, contentType string, body []byte) resp {
 	t.Helper()
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Content-Type", contentType)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	r := resp{status: res.StatusCode, header: res.Header, body: string(b)}
-	if r.status >= 400 {
-		var e struct {
-			Error json.RawMessage `json:"error"`
-		}
-		if json.Unmarshal(b, &e) != nil || json.Unmarshal(e.Error, &r.err) != nil {
-			t.Fatalf("%s %s: status %d with a body that is not a JSON error: %q", method, url, r.status, b)
-		}
-	}
+	r := send(t, method, url, key, contentType, body)
 	sp.checkResponse(t, method, url, r)
 	return r
 }
@@ -820,22 +795,7 @@ func TestOpenAPIValidatorCatchesMismatches(t *testing.T) {
 // without an LLM configuration use the offline extractive model), and the operator key.
 func openAPIServer(t *testing.T) *testServer {
 	t.Helper()
-	dir := t.TempDir()
-	st, err := store.OpenDir(filepath.Join(dir, "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	emb := httptest.NewServer(&hashembed.Handler{Dims: 32})
-	svc, err := search.New(search.Options{Store: st, Dir: filepath.Join(dir, "indexes"), Logger: quiet(),
-		DefaultEmbedder: &search.EmbedderConfig{BaseURL: emb.URL + "/v1", Model: "hash-32"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		svc.Close()
-		emb.Close()
-		st.Close()
-	})
+	st, svc, _ := searchStack(t)
 	ts := startServer(t, Options{Store: st, Search: svc, Retriever: svc, OperatorKeyHash: tenant.HashKey([]byte(operatorKey))})
 	if err := ts.Reload(context.Background()); err != nil {
 		t.Fatal(err)

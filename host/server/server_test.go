@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -109,12 +110,22 @@ type resp struct {
 
 func do(t testing.TB, method, url, key, body string) resp {
 	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	return send(t, method, url, key, "", []byte(body))
+}
+
+// send sends a request (with the key as a bearer token and a Content-Type when not empty) and reads
+// the answer; an error status must come with an OpenAI-style JSON error, decoded into resp.err.
+func send(t testing.TB, method, url, key, contentType string, body []byte) resp {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {

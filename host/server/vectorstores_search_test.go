@@ -19,10 +19,10 @@ import (
 	"github.com/plinth-dev/plinth/host/tenant"
 )
 
-// searchServer is a server with a real store, the real search service (bleve indexes in a temporary
-// directory), a deterministic embeddings server on 127.0.0.1 as the default embedder, and tenants a and
-// b without plugins.
-func searchServer(t *testing.T) (*testServer, *search.Service, string) {
+// searchStack is a real Pebble store in a temporary directory and the search service over it, with a
+// deterministic embeddings server on 127.0.0.1 (whose URL it returns) as its default embedder; all closed
+// when t ends.
+func searchStack(t *testing.T) (*store.Store, *search.Service, string) {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.OpenDir(filepath.Join(dir, "store"))
@@ -40,6 +40,15 @@ func searchServer(t *testing.T) (*testServer, *search.Service, string) {
 		emb.Close()
 		st.Close()
 	})
+	return st, svc, emb.URL
+}
+
+// searchServer is a server with a real store, the real search service (bleve indexes in a temporary
+// directory), a deterministic embeddings server on 127.0.0.1 as the default embedder, and tenants a and
+// b without plugins.
+func searchServer(t *testing.T) (*testServer, *search.Service, string) {
+	t.Helper()
+	st, svc, embURL := searchStack(t)
 	ts := startServer(t, Options{Store: st, Search: svc, Retriever: svc})
 	snap, err := tenant.NewSnapshot([]*tenant.Tenant{{ID: "a"}, {ID: "b"}},
 		[]*tenant.Key{{ID: "ka", Tenant: "a", Hash: tenant.HashKey([]byte(keyA))}, {ID: "kb", Tenant: "b", Hash: tenant.HashKey([]byte(keyB))}})
@@ -47,7 +56,7 @@ func searchServer(t *testing.T) (*testServer, *search.Service, string) {
 		t.Fatal(err)
 	}
 	ts.Apply(context.Background(), snap)
-	return ts, svc, emb.URL
+	return ts, svc, embURL
 }
 
 func decode[T any](t *testing.T, r resp) T {

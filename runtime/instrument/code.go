@@ -826,18 +826,8 @@ func entersLoopFirst(b []byte) bool {
 				return false // typed blocks: keep it simple
 			}
 			r.pos++
-		case kU32:
-			r.u32()
-		case kMemarg:
-			r.memarg()
-		case kI32:
-			r.sleb(32)
-		case kI64:
-			r.sleb(64)
-		case kF32:
-			r.bytes(4)
-		case kF64:
-			r.bytes(8)
+		case kU32, kMemarg, kI32, kI64, kF32, kF64:
+			r.immediates(op, r.pos-1)
 		default:
 			return false
 		}
